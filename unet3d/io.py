@@ -1,0 +1,140 @@
+"""NIfTI input and output with SimpleITK, in the (x, y, z) voxel order nibabel users know.
+
+SimpleITK returns arrays indexed (z, y, x); every array this package hands out or takes is indexed
+(x, y, z), like the legacy port (nibabel) and like BraTS' 240 x 240 x 155 shape. Image geometry
+travels as a `Geometry`; `Geometry.affine` is the RAS voxel-to-world matrix nibabel would report.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from unet3d.errors import InputError
+
+# Largest difference in spacing/origin (mm) and direction cosines still counted as the same grid.
+GRID_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Voxel grid of an image: shape (x, y, z), spacing and origin in mm, direction cosines.
+
+    `direction` holds the 3x3 ITK direction matrix row-major (LPS world convention, as
+    SimpleITK reports it).
+    """
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(
+            shape=tuple(int(n) for n in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(o) for o in image.GetOrigin()),
+            direction=tuple(float(d) for d in image.GetDirection()),
+        )
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 RAS voxel-to-world matrix (the nibabel / NIfTI sform convention)."""
+        direction = np.asarray(self.direction).reshape(3, 3)
+        lps = np.eye(4)
+        lps[:3, :3] = direction * np.asarray(self.spacing)[None, :]
+        lps[:3, 3] = self.origin
+        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+    def same_grid(self, other: "Geometry", tolerance: float = GRID_TOLERANCE) -> bool:
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=tolerance)
+            and np.allclose(self.origin, other.origin, atol=tolerance)
+            and np.allclose(self.direction, other.direction, atol=tolerance)
+        )
+
+    def cropped(self, start: Sequence[int], stop: Sequence[int]) -> "Geometry":
+        """Geometry of the sub-grid [start, stop) (voxel indices, may reach outside the grid)."""
+        start = np.asarray(start, dtype=float)
+        direction = np.asarray(self.direction).reshape(3, 3)
+        origin = np.asarray(self.origin) + direction @ (start * np.asarray(self.spacing))
+        shape = tuple(int(b - a) for a, b in zip(start, stop))
+        return Geometry(shape, self.spacing, tuple(float(o) for o in origin), self.direction)
+
+    def describe(self) -> str:
+        return (f"shape {self.shape}, spacing {tuple(round(s, 4) for s in self.spacing)}, "
+                f"origin {tuple(round(o, 3) for o in self.origin)}")
+
+
+def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
+               check_finite: bool = True) -> tuple[np.ndarray, Geometry]:
+    """Read a NIfTI file. Returns (array indexed (x, y, z), geometry).
+
+    Raises `InputError` naming the file when it cannot be read, is not 3D, or (with
+    `check_finite`) holds NaN or infinite voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise InputError(f"{path}: cannot read this NIfTI file (corrupt or truncated?): "
+                         f"{first_line}") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected a 3D single-channel image, got "
+                         f"{image.GetDimension()}D with {image.GetNumberOfComponentsPerPixel()} "
+                         "component(s)")
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    if check_finite and np.issubdtype(array.dtype, np.floating):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite; "
+                             "fix or re-export this image before using it")
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    return np.ascontiguousarray(array), Geometry.of(image)
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """A SimpleITK image of an (x, y, z) array on `geometry`'s grid."""
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} does not match geometry shape {geometry.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    image.SetSpacing(geometry.spacing)
+    image.SetOrigin(geometry.origin)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}",
+                                   dir=path.parent)
+    os.close(handle)
+    try:
+        sitk.WriteImage(image, tmp, useCompression=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,
+                dtype: np.dtype | None = None) -> None:
+    """Write an (x, y, z) array on `geometry`'s grid as NIfTI, atomically."""
+    if dtype is not None:
+        array = array.astype(dtype, copy=False)
+    write_image(to_sitk(array, geometry), path)
