@@ -138,3 +138,38 @@ def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     write_image(to_sitk(array, geometry), path)
+
+
+def read_image_set(paths: Sequence[str | os.PathLike], case: str,
+                   dtype: np.dtype | None = np.float32) -> tuple[list[np.ndarray], Geometry]:
+    """Read the images of one case and check they share one voxel grid.
+
+    Returns (arrays indexed (x, y, z), the common geometry). Raises `InputError` naming the case
+    and the files when shapes, spacings, origins or directions differ, or a file is unreadable.
+    """
+    arrays, first = [], None
+    for path in paths:
+        array, geometry = read_nifti(path, dtype=dtype)
+        if first is None:
+            first = (Path(path), geometry)
+        elif not geometry.same_grid(first[1]):
+            raise InputError(
+                f"case {case}: {Path(path).name} ({geometry.describe()}) is not on the grid of "
+                f"{first[0].name} ({first[1].describe()}); all modalities and the label map of a "
+                "case must share one grid: register or resample them first")
+        arrays.append(array)
+    if first is None:
+        raise InputError(f"case {case}: no files given")
+    return arrays, first[1]
+
+
+def check_label_values(label: np.ndarray, labels: Sequence[int], path: str | os.PathLike,
+                       case: str) -> None:
+    """Raise `InputError` if `label` holds values other than 0 and `labels`."""
+    values = np.unique(label)
+    unknown = sorted(set(values.tolist()) - {0, *labels})
+    if unknown:
+        hint = (" (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
+                if 3 in unknown else "")
+        raise InputError(f"case {case}: {Path(path).name} holds label values {unknown} outside the "
+                         f"configured labels (0, {', '.join(map(str, labels))}){hint}")

@@ -1,0 +1,50 @@
+"""Write synthetic BraTS-format cases (NIfTI, real BraTS names) for tests, the demo and benchmarks.
+
+    python brats/make_synthetic_data.py --out_dir DIR [--n_cases 8] [--shape 240,240,155]
+        [--seed 0] [--naming brats2020|brats2023] [--overwrite]
+
+Case k is drawn from seed (seed, k): the same seed writes the same bytes. Every 4th case has no
+enhancing tumour. See `unet3d.synthetic` for what the cases contain.
+"""
+
+import sys
+from pathlib import Path
+
+from absl import app, flags
+
+from unet3d.errors import InputError
+from unet3d.synthetic import make_synthetic_brats, parse_shape
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("out_dir", None, "Folder to write the case folders into (created if needed).")
+flags.DEFINE_integer("n_cases", 8, "Number of cases to write (cases 1 to n_cases).")
+flags.DEFINE_string("shape", "240,240,155", "Grid size X,Y,Z in voxels, each at least 32; "
+                    "BraTS' is 240,240,155. Small shapes such as 64,64,48 are fast.")
+flags.DEFINE_integer("seed", 0, "Random seed (non-negative); the same seed writes the same files.")
+flags.DEFINE_enum("naming", "brats2020", ["brats2020", "brats2023"],
+                  "File naming and label convention: brats2020 (BraTS20_Training_001_t1ce.nii.gz, "
+                  "enhancing tumour 4) or brats2023 (BraTS-GLI-00001-000-t1c.nii.gz, enhancing "
+                  "tumour 3).")
+flags.DEFINE_bool("overwrite", False, "Replace case folders that already exist.")
+flags.mark_flag_as_required("out_dir")
+
+
+def report(index: int, n_cases: int, case_dir: Path, seconds: float) -> None:
+    print(f"[{index}/{n_cases}] {case_dir.name} written ({seconds:.1f} s)", flush=True)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        make_synthetic_brats(FLAGS.out_dir, n_cases=FLAGS.n_cases, shape=parse_shape(FLAGS.shape),
+                             seed=FLAGS.seed, naming=FLAGS.naming, overwrite=FLAGS.overwrite,
+                             progress=report)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {FLAGS.n_cases} case(s) to {FLAGS.out_dir}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,26 @@
+"""Keras 3 models for BraTS segmentation, channels-last: the Isensee 2017 3D U-Net, the legacy
+port's 3D U-Net, a classic 2D U-Net, and `load_old_model` for saved models.
+
+`isensee2017_model`, `unet_model_3d` and `unet_model_2d` return compiled models, like the legacy
+port's builders; the `build_*` functions return the same networks uncompiled.
+"""
+
+from unet3d.model.blocks import SpatialSizeCheck, compile_model, conv_block, upsample
+from unet3d.model.isensee2017 import build_isensee2017, deep_supervision_targets, isensee2017_model
+from unet3d.model.saving import load_old_model
+from unet3d.model.unet import build_unet_2d, build_unet_3d, unet_model_2d, unet_model_3d
+
+__all__ = [
+    "SpatialSizeCheck",
+    "build_isensee2017",
+    "build_unet_2d",
+    "build_unet_3d",
+    "compile_model",
+    "conv_block",
+    "deep_supervision_targets",
+    "isensee2017_model",
+    "load_old_model",
+    "unet_model_2d",
+    "unet_model_3d",
+    "upsample",
+]

@@ -1,0 +1,56 @@
+"""Loading saved models: `.keras` files written by this package, and HDF5 files where Keras 3 can
+read them.
+
+Every custom object of the package (the input size check, the losses and metrics) is registered
+with Keras under the package name `unet3d`, so `.keras` files load without `custom_objects`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+import unet3d.losses  # noqa: F401 (registers the losses with Keras)
+from unet3d import metrics
+from unet3d.errors import InputError
+
+# Names under which models compiled by the legacy port refer to its losses and metrics.
+LEGACY_CUSTOM_OBJECTS = {
+    "dice_coefficient": metrics.dice_coefficient,
+    "dice_coefficient_loss": metrics.dice_coefficient_loss,
+    "dice_coef": metrics.dice_coefficient,
+    "dice_coef_loss": metrics.dice_coefficient_loss,
+    "weighted_dice_coefficient": metrics.weighted_dice_coefficient,
+    "weighted_dice_coefficient_loss": metrics.weighted_dice_coefficient_loss,
+}
+
+
+def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras.Model:
+    """Load a model saved with `model.save(...)`, compiled (optimizer state included) by default.
+
+    `.keras` files load with every custom object of the package. HDF5 files (`.h5`, `.hdf5`) are
+    tried with the legacy port's loss and metric names; the port's own files (Keras 2,
+    channels-first, keras_contrib InstanceNormalization) generally cannot be rebuilt by Keras 3.
+    Raises `InputError` naming the file, with what to do, when it is missing or unreadable.
+    """
+    path = Path(model_file)
+    if not path.is_file():
+        raise InputError(f"model file {path} does not exist: check the path (train a model first to create it)")
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise InputError(f"model file {path}: unknown format {suffix!r}; expected a .keras (or legacy .h5) file")
+    try:
+        return keras.saving.load_model(path, custom_objects=LEGACY_CUSTOM_OBJECTS, compile=compile)
+    except Exception as error:  # Keras raises many types (ValueError, OSError, KeyError, zipfile...)
+        if suffix == ".keras":
+            remedy = "it is corrupt or truncated: save the model again, or use another checkpoint"
+        else:
+            remedy = (
+                "models saved by the Keras-2 port (channels-first, keras_contrib InstanceNormalization) "
+                "cannot be read by Keras 3: build the network again with isensee2017_model(legacy=True) "
+                "or unet_model_3d and a channels-last input_shape, train it, and save it as .keras"
+            )
+        raise InputError(f"cannot load model file {path} ({type(error).__name__}: {error}); {remedy}") from error
+
