@@ -32,7 +32,6 @@ handle in every process that uses it, so it is safe to pass to worker processes.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,7 +42,8 @@ import tables
 
 from unet3d.brats import LABELS, MODALITIES, find_cases
 from unet3d.errors import InputError
-from unet3d.io import Geometry, check_label_values, read_image_set, to_sitk
+from unet3d.io import (Geometry, check_label_values, publish, read_image_set, temporary_path,
+                       to_sitk)
 from unet3d.logs import get_logger
 
 FORMAT = "unet3d-store-1"
@@ -173,13 +173,6 @@ class CaseInfo:
 # Writing.
 
 
-def _temporary_path(out_file: Path) -> Path:
-    handle, tmp = tempfile.mkstemp(prefix=f".{out_file.name}.", suffix=".partial",
-                                   dir=out_file.parent)
-    os.close(handle)
-    return Path(tmp)
-
-
 class StoreWriter:
     """Write a store case by case; the file appears at `out_file` only on `commit()`.
 
@@ -201,7 +194,7 @@ class StoreWriter:
         dtype = np.dtype(dtype)
         # Integer dtypes quantise images in [0, 1] to their full range (uint16: steps of 1.5e-5).
         self.scale = 1.0 / np.iinfo(dtype).max if dtype.kind == "u" else 1.0
-        self._tmp = _temporary_path(self.out_file)
+        self._tmp = temporary_path(self.out_file)
         self._file = tables.open_file(str(self._tmp), mode="w")
         chunk = tuple(min(chunk_edge, n) for n in self.spatial_shape)
         root = self._file.root
@@ -258,7 +251,7 @@ class StoreWriter:
             self._file.create_array(self._file.root, "subject_ids",
                                     obj=[s.encode("utf-8") for s in subject_ids])
         self._file.close()
-        os.replace(self._tmp, self.out_file)
+        publish(self._tmp, self.out_file)
         return self.out_file
 
     def abort(self) -> None:

@@ -7,6 +7,7 @@ travels as a `Geometry`; `Geometry.affine` is the RAS voxel-to-world matrix niba
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from dataclasses import dataclass
@@ -96,13 +97,40 @@ def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
                          "component(s)")
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     if check_finite and np.issubdtype(array.dtype, np.floating):
-        bad = ~np.isfinite(array)
-        if bad.any():
-            raise InputError(f"{path}: {int(bad.sum())} voxels are NaN or infinite; "
+        # ITK's NIfTI reader turns NaN voxels into 0, so look at the stored values themselves.
+        bad = max(int((~np.isfinite(array)).sum()), non_finite_voxels(path))
+        if bad:
+            raise InputError(f"{path}: {bad} voxels are NaN or infinite; "
                              "fix or re-export this image before using it")
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return np.ascontiguousarray(array), Geometry.of(image)
+
+
+def non_finite_voxels(path: str | os.PathLike) -> int:
+    """Number of NaN or infinite voxels stored in a float32/float64 NIfTI-1 or NIfTI-2 file
+    (0 for other data types)."""
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
+        header = stream.read(540)
+        for endian in "<>":
+            size = int(np.frombuffer(header[:4], f"{endian}i4")[0])
+            if size in (348, 540):
+                break
+        else:
+            return 0
+        if size == 348:
+            datatype = int(np.frombuffer(header[70:72], f"{endian}i2")[0])
+            offset = int(np.frombuffer(header[108:112], f"{endian}f4")[0])
+        else:
+            datatype = int(np.frombuffer(header[12:14], f"{endian}i2")[0])
+            offset = int(np.frombuffer(header[168:176], f"{endian}i8")[0])
+        dtype = {16: f"{endian}f4", 64: f"{endian}f8"}.get(datatype)
+        if dtype is None:
+            return 0
+        stream.seek(offset)
+        values = np.frombuffer(stream.read(), dtype=dtype)
+    return int((~np.isfinite(values)).sum())
 
 
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -116,19 +144,35 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return image
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
+def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
+    """A new empty file beside `path` (hidden, ending ".partial" + `suffix`) to write into before
+    `publish` renames it to `path`: readers never see a half-written `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".partial{suffix}",
                                    dir=path.parent)
     os.close(handle)
+    return Path(tmp)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Atomically rename the finished temporary file or folder `tmp` to `path`, giving it the
+    permissions the umask gives new files (temporary files are created private)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
+    os.replace(tmp, path)
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
+    path = Path(path)
+    tmp = temporary_path(path, ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix)
     try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
+        sitk.WriteImage(image, str(tmp), useCompression=True)
+        publish(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -167,8 +211,9 @@ def check_label_values(label: np.ndarray, labels: Sequence[int], path: str | os.
                        case: str) -> None:
     """Raise `InputError` if `label` holds values other than 0 and `labels`."""
     values = np.unique(label)
-    unknown = sorted(set(values.tolist()) - {0, *labels})
+    unknown = [float(v) for v in values if float(v) not in {0, *labels}]
     if unknown:
+        unknown = [int(v) if v.is_integer() else v for v in unknown]
         hint = (" (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
                 if 3 in unknown else "")
         raise InputError(f"case {case}: {Path(path).name} holds label values {unknown} outside the "

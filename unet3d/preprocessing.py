@@ -33,7 +33,8 @@ import SimpleITK as sitk
 
 from unet3d.brats import MODALITIES, Case, find_cases
 from unet3d.errors import InputError
-from unet3d.io import Geometry, check_label_values, read_image_set, to_sitk, write_nifti
+from unet3d.io import (Geometry, check_label_values, publish, read_image_set, to_sitk,
+                       write_nifti)
 from unet3d.logs import get_logger
 
 SETTINGS_FILE = "preprocess.json"
@@ -134,7 +135,7 @@ def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessCo
         final = out_dir / case.name
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,0 +1,84 @@
+"""Preprocess BraTS cases (N4 bias correction) and optionally write the training data store.
+
+    python brats/preprocess.py --brats_dir data/MICCAI_BraTS2020_TrainingData \
+        --out_dir data/preprocessed --data_file brats_data.h5 --workers 2
+
+Finds the cases of any BraTS release under --brats_dir, writes
+<out_dir>/<case>/{t1,t1ce,flair,t2,truth}.nii.gz on the original grid, one progress line per case,
+and logs to <out_dir>/preprocess.log. Rerunning the same command resumes: finished cases are
+skipped unless --overwrite. Exit status 1 if any case failed (the others are still written),
+2 for bad arguments or input.
+"""
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from absl import app, flags
+
+from unet3d.brats import MODALITIES
+from unet3d.data import write_store_from_folder
+from unet3d.errors import InputError
+from unet3d.logs import setup_logging
+from unet3d.preprocessing import FULL_QUALITY_N4, PreprocessConfig, preprocess_brats
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("brats_dir", None, "Folder holding the BraTS cases (any release naming; "
+                    "HGG/ and LGG/ sub-folders are searched too).")
+flags.DEFINE_string("out_dir", None, "Where to write <case>/{t1,t1ce,flair,t2,truth}.nii.gz.")
+flags.DEFINE_string("data_file", None, "Also write the HDF5 data store of the preprocessed cases "
+                    "here (e.g. brats_data.h5).")
+flags.DEFINE_integer("workers", 1, "Cases processed in parallel (processes).")
+flags.DEFINE_boolean("overwrite", False, "Redo cases already preprocessed and replace --data_file.")
+flags.DEFINE_list("no_bias_correction_modalities", ["flair"],
+                  f"Modalities left without N4 bias correction (of {', '.join(MODALITIES)}).")
+flags.DEFINE_boolean("full_quality_n4", False, "Slower, finer N4 (shrink factor "
+                     f"{FULL_QUALITY_N4['n4_shrink_factor']}, iterations "
+                     f"{FULL_QUALITY_N4['n4_iterations']}) instead of the fast default.")
+flags.DEFINE_string("image_shape", None, "Legacy store: resample every case to this shape "
+                    "(e.g. 128,128,128) instead of cropping at native resolution.")
+flags.mark_flags_as_required(["brats_dir", "out_dir"])
+
+
+def main(argv):
+    del argv
+    out_dir = Path(FLAGS.out_dir)
+    logger = setup_logging(out_dir / "preprocess.log")
+    try:
+        unknown = set(FLAGS.no_bias_correction_modalities) - set(MODALITIES)
+        if unknown:
+            raise InputError(f"--no_bias_correction_modalities: unknown {sorted(unknown)}; "
+                             f"choose from {', '.join(MODALITIES)}")
+        if FLAGS.data_file and Path(FLAGS.data_file).exists() and not FLAGS.overwrite:
+            raise InputError(f"--data_file {FLAGS.data_file} already exists; pass --overwrite to "
+                             "rebuild it, or choose another name")
+        image_shape = (tuple(int(n) for n in FLAGS.image_shape.split(","))
+                       if FLAGS.image_shape else None)
+        config = PreprocessConfig(bias_correction=tuple(
+            m for m in MODALITIES if m not in FLAGS.no_bias_correction_modalities))
+        if FLAGS.full_quality_n4:
+            config = replace(config, **FULL_QUALITY_N4)
+        report = preprocess_brats(FLAGS.brats_dir, out_dir, config, workers=FLAGS.workers,
+                                  overwrite=FLAGS.overwrite)
+        logger.info(f"preprocessed {len(report.done)}, skipped {len(report.skipped)} (already "
+                    f"done), failed {len(report.failed)}; log: {out_dir / 'preprocess.log'}")
+        if report.failed:
+            logger.error("failed cases:\n" + "\n".join(
+                f"  {name}: {message.splitlines()[0]}" for name, message in report.failed.items()))
+            if FLAGS.data_file:
+                logger.error(f"--data_file {FLAGS.data_file} not written: fix or remove the failed "
+                             "cases, then rerun the same command (finished cases are skipped)")
+            return 1
+        if FLAGS.data_file:
+            logger.info(f"writing the data store {FLAGS.data_file}")
+            write_store_from_folder(out_dir, FLAGS.data_file, image_shape=image_shape,
+                                    labels=report.labels)
+            logger.info(f"data store written: {FLAGS.data_file}")
+    except InputError as error:
+        logger.error(f"error: {error}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))
