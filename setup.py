@@ -18,5 +18,5 @@ setup(
         "scipy",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "h5py", "jax"]},
 )
