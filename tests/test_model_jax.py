@@ -53,6 +53,7 @@ def run_with_backend(folder: Path, backend: str) -> dict:
     return dict(np.load(folder / f"{backend}.npz"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install jax jaxlib)")
 def test_tensorflow_and_jax_backends_agree(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
