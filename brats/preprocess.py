@@ -1,6 +1,6 @@
 """Preprocess BraTS cases (N4 bias correction) and optionally write the training data store.
 
-    python brats/preprocess.py --brats_dir data/MICCAI_BraTS2020_TrainingData \
+    python brats/preprocess.py --brats_dir data/MICCAI_BraTS2020_TrainingData
         --out_dir data/preprocessed --data_file brats_data.h5 --workers 2
 
 Finds the cases of any BraTS release under --brats_dir, writes
@@ -52,8 +52,15 @@ def main(argv):
         if FLAGS.data_file and Path(FLAGS.data_file).exists() and not FLAGS.overwrite:
             raise InputError(f"--data_file {FLAGS.data_file} already exists; pass --overwrite to "
                              "rebuild it, or choose another name")
-        image_shape = (tuple(int(n) for n in FLAGS.image_shape.split(","))
-                       if FLAGS.image_shape else None)
+        image_shape = None
+        if FLAGS.image_shape:
+            try:
+                image_shape = tuple(int(n) for n in FLAGS.image_shape.split(","))
+                if len(image_shape) != 3 or min(image_shape) < 1:
+                    raise ValueError
+            except ValueError:
+                raise InputError(f"--image_shape {FLAGS.image_shape!r}: expected three sizes "
+                                 "such as 128,128,128") from None
         config = PreprocessConfig(bias_correction=tuple(
             m for m in MODALITIES if m not in FLAGS.no_bias_correction_modalities))
         if FLAGS.full_quality_n4:
