@@ -45,6 +45,7 @@ from unet3d.errors import InputError
 from unet3d.io import (Geometry, check_label_values, publish, read_image_set, temporary_path,
                        to_sitk)
 from unet3d.logs import get_logger
+from unet3d.preprocessing import brain_mask, read_settings
 
 FORMAT = "unet3d-store-1"
 #: Edge of the cubic chunks of `/data` and `/truth`: a random 128^3 patch touches at most 5^3.
@@ -286,9 +287,7 @@ def _prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channel
     if truth is not None:
         truth = truth.astype(np.uint8)
         check_label_values(truth, labels, files[n_channels], subject_id)
-    mask = images[0] != 0
-    for image in images[1:]:
-        mask |= image != 0
+    mask = brain_mask(images)
     if not mask.any():
         raise InputError(f"case {subject_id}: every modality is all zero ({Path(files[0]).parent})")
     legacy = image_shape is not None
@@ -298,11 +297,13 @@ def _prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channel
     else:
         start, stop = np.zeros(3, dtype=int), np.asarray(geometry.shape)
     if normalize:
-        try:
-            images = [normalize_modality(image, mask) for image in images]
-        except InputError as error:
-            index = next(i for i, image in enumerate(images) if not image[mask].std() > 0)
-            raise InputError(f"case {subject_id}: {Path(files[index]).name}: {error}") from None
+        normalized = []
+        for path, image in zip(files, images):
+            try:
+                normalized.append(normalize_modality(image, mask))
+            except InputError as error:
+                raise InputError(f"case {subject_id}: {Path(path).name}: {error}") from None
+        images = normalized
     if legacy:
         target = _resampling_grid(geometry, start, stop, image_shape)
         images = [resample(image, geometry, target) for image in images]
@@ -385,8 +386,6 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
     an error (keep training and prediction cases in separate folders). `labels` defaults to the
     convention recorded by `brats/preprocess.py`, else to the cases' release naming.
     """
-    from unet3d.preprocessing import read_settings
-
     cases = find_cases(preprocessed_dir)
     labelled = [case.label is not None for case in cases]
     if any(labelled) and not all(labelled):
