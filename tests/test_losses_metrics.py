@@ -48,11 +48,15 @@ def test_weighted_dice_port_values():
     one_label_zeroed = y_true.copy()
     one_label_zeroed[..., 1] = 0
     assert value(metrics.weighted_dice_coefficient(y_true, y_true)) == pytest.approx(1.0)
-    assert value(metrics.weighted_dice_coefficient(y_true, one_label_zeroed)) == pytest.approx(2 / 3, abs=1e-6)
+    assert value(metrics.weighted_dice_coefficient(y_true, one_label_zeroed)) == pytest.approx(
+        2 / 3, abs=1e-6
+    )
     empty = np.zeros_like(y_true)
     assert value(metrics.weighted_dice_coefficient(empty, empty)) == pytest.approx(1.0)
     assert value(metrics.weighted_dice_coefficient(y_true, empty)) == pytest.approx(0.0, abs=1e-6)
-    assert value(metrics.weighted_dice_coefficient_loss(y_true, one_label_zeroed)) == pytest.approx(-2 / 3, abs=1e-6)
+    assert value(metrics.weighted_dice_coefficient_loss(y_true, one_label_zeroed)) == pytest.approx(
+        -2 / 3, abs=1e-6
+    )
 
 
 def test_weighted_dice_is_per_sample_and_channel():
@@ -100,7 +104,9 @@ def test_soft_dice_loss_hand_computed():
     assert result.shape == (2,)
     assert result == pytest.approx([expected_sample_0, 0.0], abs=1e-6)
     # Batch Dice pools the samples: channel 0 as above, channel 1 empty in both.
-    assert value(losses.soft_dice_loss(y_true, y_pred, batch_dice=True)) == pytest.approx(expected_sample_0, abs=1e-6)
+    assert value(losses.soft_dice_loss(y_true, y_pred, batch_dice=True)) == pytest.approx(
+        expected_sample_0, abs=1e-6
+    )
 
 
 def test_soft_dice_loss_matches_weighted_dice():
@@ -125,7 +131,9 @@ def test_bce_focal_and_weighted_against_numpy():
     assert value(losses.class_weighted_crossentropy(y_true, y_pred, weights)) == pytest.approx(
         per_voxel.mean(axis=(1, 2, 3, 4)), rel=1e-5
     )
-    assert value(losses.class_weighted_crossentropy(y_true, y_pred, [1, 1, 1])) == pytest.approx(bce, rel=1e-5)
+    assert value(losses.class_weighted_crossentropy(y_true, y_pred, [1, 1, 1])) == pytest.approx(
+        bce, rel=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -183,7 +191,9 @@ def test_losses_compute_in_float32(loss):
     y_true, y_pred = cube_labels(), random_probabilities((2, 8, 8, 8, 3))
     low = loss(keras.ops.cast(y_true, "bfloat16"), keras.ops.cast(y_pred, "bfloat16"), from_logits=False)
     assert low.dtype == tf.float32
-    reference = value(loss(y_true, value(keras.ops.cast(keras.ops.cast(y_pred, "bfloat16"), "float32")), from_logits=False))
+    reference = value(
+        loss(y_true, value(keras.ops.cast(keras.ops.cast(y_pred, "bfloat16"), "float32")), from_logits=False)
+    )
     assert value(low) == pytest.approx(reference, rel=1e-6)
 
 
@@ -248,14 +258,18 @@ def test_region_dice_empty_threshold_and_logits():
     from_logits = metrics.RegionDice(1, from_logits=True)
     from_logits.update_state(y_true, logits)
     probabilities = 1 / (1 + np.exp(-logits))
-    assert value(from_logits.result()) == pytest.approx(numpy_hard_dice(y_true[..., 1], probabilities[..., 1]), rel=1e-6)
+    assert value(from_logits.result()) == pytest.approx(
+        numpy_hard_dice(y_true[..., 1], probabilities[..., 1]), rel=1e-6
+    )
 
 
 def test_region_dice_sample_weights_drop_samples():
     y_true, y_pred = cube_labels(), random_probabilities((2, 8, 8, 8, 3))
     metric = metrics.RegionDice(2)
     metric.update_state(y_true, y_pred, sample_weight=np.array([0.0, 1.0], "float32"))
-    assert value(metric.result()) == pytest.approx(numpy_hard_dice(y_true[1, ..., 2], y_pred[1, ..., 2]), rel=1e-6)
+    assert value(metric.result()) == pytest.approx(
+        numpy_hard_dice(y_true[1, ..., 2], y_pred[1, ..., 2]), rel=1e-6
+    )
 
 
 def test_region_dice_serialises():

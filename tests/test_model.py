@@ -66,11 +66,21 @@ def test_unet_2d_is_the_classic_architecture():
     model = build_unet_2d((None, None, 1), n_labels=2, batch_normalization=False)
     convs = layers_of(model, keras.layers.Conv2D)
     assert [c.filters for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512, 1024, 1024] + [
-        512, 512, 256, 256, 128, 128, 64, 64, 2
+        512,
+        512,
+        256,
+        256,
+        128,
+        128,
+        64,
+        64,
+        2,
     ]
     assert [c.filters for c in layers_of(model, keras.layers.Conv2DTranspose)] == [512, 256, 128, 64]
     filters = [64, 128, 256, 512, 1024]
-    encoder = sum((9 * c_in + 1) * c for c_in, c in zip([1] + filters[:-1], filters)) + sum((9 * c + 1) * c for c in filters)
+    encoder = sum((9 * c_in + 1) * c for c_in, c in zip([1] + filters[:-1], filters, strict=True)) + sum(
+        (9 * c + 1) * c for c in filters
+    )
     decoder = sum((4 * 2 * c + 1) * c + (9 * 2 * c + 1) * c + (9 * c + 1) * c for c in filters[:-1])
     assert model.count_params() == encoder + decoder + (64 + 1) * 2 == 31_030_658
 
@@ -94,7 +104,9 @@ def test_plain_unets_any_valid_size(size):
 
 
 def test_wrong_input_shape_raises_clear_error():
-    with pytest.raises(InputError, match=r"input_shape: spatial size \(100, 128, 128\) must be .*multiple of \(16, 16, 16\)"):
+    with pytest.raises(
+        InputError, match=r"input_shape: spatial size \(100, 128, 128\) must be .*multiple of \(16, 16, 16\)"
+    ):
         build_isensee2017((100, 128, 128, 4))
     with pytest.raises(InputError, match="channels-last"):
         build_isensee2017((4, 128, 128, 128))  # the port's channels-first shape
@@ -137,7 +149,9 @@ def test_legacy_switch_changes_only_slope_and_epsilon():
     assert hyper_parameters(paper) == ({0.01}, {1e-5})
     assert hyper_parameters(legacy) == ({0.3}, {1e-3})
     assert len(layers_of(paper, keras.layers.ReLU)) == 0
-    assert configs_without(paper, {"negative_slope", "epsilon"}) == configs_without(legacy, {"negative_slope", "epsilon"})
+    assert configs_without(paper, {"negative_slope", "epsilon"}) == configs_without(
+        legacy, {"negative_slope", "epsilon"}
+    )
     assert configs_without(paper, set()) != configs_without(legacy, set())
 
 
@@ -156,7 +170,9 @@ def test_isensee2017_model_is_compiled_like_the_port():
     assert model.loss is weighted_dice_coefficient_loss
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(model.optimizer.learning_rate) == pytest.approx(5e-4)
-    model = isensee2017_model((None, None, None, 4), optimizer=keras.optimizers.SGD, initial_learning_rate=0.1, **TINY)
+    model = isensee2017_model(
+        (None, None, None, 4), optimizer=keras.optimizers.SGD, initial_learning_rate=0.1, **TINY
+    )
     assert isinstance(model.optimizer, keras.optimizers.SGD)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.1)
 
@@ -172,7 +188,9 @@ def test_unet_model_3d_label_wise_metrics_train():
 
 
 def test_region_metrics_reported_by_name_during_training():
-    model = isensee2017_model((16, 16, 16, 2), loss_function=BCEDiceLoss(), metrics=region_dice_metrics(), **TINY)
+    model = isensee2017_model(
+        (16, 16, 16, 2), loss_function=BCEDiceLoss(), metrics=region_dice_metrics(), **TINY
+    )
     x, y = random_batch((2, 16, 16, 16, 2))
     history = model.fit(x, y, epochs=2, verbose=0).history
     assert {"dice_wt", "dice_tc", "dice_et"} <= set(history)
@@ -194,16 +212,26 @@ def test_deep_supervision_outputs_and_targets():
     x, y = random_batch((2, 16, 16, 8, 2))
     targets = deep_supervision_targets(y, 3)
     expected = y.reshape(2, 4, 4, 4, 4, 2, 4, 3).mean(axis=(2, 4, 6))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(targets["segmentation_level_2"]), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(targets["segmentation_level_2"]), expected, rtol=1e-6
+    )
     history = model.fit(x, targets, epochs=1, verbose=0).history
-    losses = [history[f"{name}_loss"][0] for name in ("segmentation", "segmentation_level_1", "segmentation_level_2")]
+    losses = [
+        history[f"{name}_loss"][0]
+        for name in ("segmentation", "segmentation_level_1", "segmentation_level_2")
+    ]
     # Default weights 1/2**level, normalised: 4/7, 2/7, 1/7.
     assert history["loss"][0] == pytest.approx(np.dot([4 / 7, 2 / 7, 1 / 7], losses), rel=1e-4)
 
 
 def test_deep_supervision_weights_must_match_levels():
     with pytest.raises(InputError, match="deep_supervision_weights"):
-        isensee2017_model((None, None, None, 2), deep_supervision=True, deep_supervision_weights=[1, 1], **{**TINY, "n_segmentation_levels": 1})
+        isensee2017_model(
+            (None, None, None, 2),
+            deep_supervision=True,
+            deep_supervision_weights=[1, 1],
+            **{**TINY, "n_segmentation_levels": 1},
+        )
 
 
 # --- saving and loading -----------------------------------------------------------------------------
@@ -212,10 +240,17 @@ def test_deep_supervision_weights_must_match_levels():
 @pytest.mark.parametrize("builder", ["isensee2017", "unet_2d"])
 def test_save_load_round_trip_identical_predictions(tmp_path, builder):
     if builder == "isensee2017":
-        model = isensee2017_model((None, None, None, 2), loss_function=BCEDiceLoss(from_logits=False), metrics=region_dice_metrics(), **TINY)
+        model = isensee2017_model(
+            (None, None, None, 2),
+            loss_function=BCEDiceLoss(from_logits=False),
+            metrics=region_dice_metrics(),
+            **TINY,
+        )
         x, y = random_batch((2, 16, 16, 16, 2))
     else:
-        model = unet_model_2d((None, None, 2), n_labels=3, depth=3, n_base_filters=4, include_label_wise_dice_coefficients=True)
+        model = unet_model_2d(
+            (None, None, 2), n_labels=3, depth=3, n_base_filters=4, include_label_wise_dice_coefficients=True
+        )
         x, y = random_batch((2, 16, 16, 2))
     model.fit(x, y, epochs=1, verbose=0)  # builds the optimizer state, moves batch-norm statistics
     path = tmp_path / "model.keras"
@@ -223,8 +258,10 @@ def test_save_load_round_trip_identical_predictions(tmp_path, builder):
     loaded = load_old_model(path)
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
     assert type(loaded.loss) is type(model.loss)
-    for original, restored in zip(model.optimizer.variables, loaded.optimizer.variables):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(original), keras.ops.convert_to_numpy(restored))
+    for original, restored in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(original), keras.ops.convert_to_numpy(restored)
+        )
     assert loaded.evaluate(x, y, verbose=0, return_dict=True) == pytest.approx(
         model.evaluate(x, y, verbose=0, return_dict=True), rel=1e-6
     )

@@ -31,7 +31,9 @@ functions = {
     "soft_dice": losses.soft_dice_loss,
     "bce_dice": losses.bce_dice_loss,
     "focal": losses.focal_loss,
-    "weighted_bce": lambda t, p, from_logits: losses.class_weighted_crossentropy(t, p, [1, 4, 9], from_logits),
+    "weighted_bce": lambda t, p, from_logits: losses.class_weighted_crossentropy(
+        t, p, [1, 4, 9], from_logits
+    ),
 }
 for name, function in functions.items():
     results[f"{name}_logits"] = function(y, logits, from_logits=True)
@@ -43,7 +45,12 @@ np.savez(f"{folder}/{backend}.npz", **{k: keras.ops.convert_to_numpy(v) for k, v
 
 
 def run_with_backend(folder: Path, backend: str) -> dict:
-    environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    environment = {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_PLATFORMS": "cpu",
+    }
     root = Path(__file__).resolve().parents[1]
     environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     completed = subprocess.run(
@@ -54,7 +61,9 @@ def run_with_backend(folder: Path, backend: str) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install jax jaxlib)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install jax jaxlib)"
+)
 def test_tensorflow_and_jax_backends_agree(tmp_path):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import keras
@@ -69,8 +78,12 @@ def test_tensorflow_and_jax_backends_agree(tmp_path):
     logits = rng.normal(scale=3, size=y.shape).astype("float32")
     keras.utils.set_random_seed(0)
     model = isensee2017_model(
-        (None, None, None, 2), n_base_filters=4, depth=3, n_segmentation_levels=2,
-        loss_function=BCEDiceLoss(), metrics=region_dice_metrics(),
+        (None, None, None, 2),
+        n_base_filters=4,
+        depth=3,
+        n_segmentation_levels=2,
+        loss_function=BCEDiceLoss(),
+        metrics=region_dice_metrics(),
     )
     model.fit(x, y, epochs=2, verbose=0)  # weights away from their initial values
     model.save(tmp_path / "model.keras")

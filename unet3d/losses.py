@@ -139,7 +139,9 @@ class SoftDiceLoss(_ConfiguredLoss):
         reduction: str = "sum_over_batch_size",
         dtype=None,
     ):
-        super().__init__(name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice)
+        super().__init__(
+            name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice
+        )
 
 
 @keras.saving.register_keras_serializable(package="unet3d")
@@ -157,7 +159,9 @@ class BCEDiceLoss(_ConfiguredLoss):
         reduction: str = "sum_over_batch_size",
         dtype=None,
     ):
-        super().__init__(name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice)
+        super().__init__(
+            name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice
+        )
 
 
 @keras.saving.register_keras_serializable(package="unet3d")

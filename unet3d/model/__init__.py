@@ -5,8 +5,12 @@ port's 3D U-Net, a classic 2D U-Net, and `load_old_model` for saved models.
 port's builders; the `build_*` functions return the same networks uncompiled.
 """
 
-from unet3d.model.blocks import SpatialSizeCheck, compile_model, conv_block, upsample
-from unet3d.model.isensee2017 import build_isensee2017, deep_supervision_targets, isensee2017_model
+from unet3d.model.blocks import SpatialSizeCheck
+from unet3d.model.isensee2017 import (
+    build_isensee2017,
+    deep_supervision_targets,
+    isensee2017_model,
+)
 from unet3d.model.saving import load_old_model
 from unet3d.model.unet import build_unet_2d, build_unet_3d, unet_model_2d, unet_model_3d
 
@@ -15,12 +19,9 @@ __all__ = [
     "build_isensee2017",
     "build_unet_2d",
     "build_unet_3d",
-    "compile_model",
-    "conv_block",
     "deep_supervision_targets",
     "isensee2017_model",
     "load_old_model",
     "unet_model_2d",
     "unet_model_3d",
-    "upsample",
 ]

@@ -7,6 +7,7 @@ models run on the TensorFlow and JAX backends.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import keras
@@ -18,6 +19,10 @@ CONV_TRANSPOSE = {2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspo
 UPSAMPLING = {2: keras.layers.UpSampling2D, 3: keras.layers.UpSampling3D}
 MAX_POOLING = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}
 SPATIAL_DROPOUT = {2: keras.layers.SpatialDropout2D, 3: keras.layers.SpatialDropout3D}
+
+# What the builders accept as `optimizer`: a name, a class or factory taking `learning_rate=`, or
+# an instance.
+OptimizerLike = str | type | Callable | keras.optimizers.Optimizer
 
 
 def spatial_rank(x) -> int:
@@ -36,15 +41,15 @@ def size_divisors(pool_size: int | Sequence[int], n_poolings: int, rank: int) ->
 
 def check_spatial_shape(shape: Sequence[int | None], divisors: Sequence[int], argument: str) -> None:
     """Raise `InputError` unless every known size in `shape` is a multiple of its divisor."""
-    if any(size is not None and (size <= 0 or size % d) for size, d in zip(shape, divisors)):
-        suggestion = tuple(
-            size if size is None else max(d, -(-size // d) * d) for size, d in zip(shape, divisors)
-        )
-        raise InputError(
-            f"{argument}: spatial size {tuple(shape)} must be a positive multiple of {tuple(divisors)} "
-            f"(the total downsampling of the network); crop or pad the volume, e.g. to {suggestion}. "
-            "Shapes are channels-last: (x, y, z, channels)."
-        )
+    pairs = list(zip(shape, divisors, strict=True))
+    if all(size is None or (size > 0 and size % d == 0) for size, d in pairs):
+        return
+    suggestion = tuple(size if size is None else max(d, math.ceil(size / d) * d) for size, d in pairs)
+    raise InputError(
+        f"{argument}: spatial size {tuple(shape)} must be a positive multiple of {tuple(divisors)} "
+        f"(the total downsampling of the network); crop or pad the volume, e.g. to {suggestion}. "
+        "Shapes are channels-last: (*spatial sizes, channels)."
+    )
 
 
 def check_input_shape(input_shape: Sequence[int | None], divisors: Sequence[int]) -> None:
@@ -133,12 +138,12 @@ def segmentation_logits(x, n_labels: int):
 
 
 def output_activation(logits, activation_name: str, name: str = "segmentation"):
-    """The output activation, computed in float32 so that probabilities (and the losses fed by
-    them) stay exact under mixed precision. `activation_name="linear"` outputs logits."""
+    """The output activation, computed in float32 so that under mixed precision the probabilities,
+    and the losses fed by them, are float32. `activation_name="linear"` outputs logits."""
     return keras.layers.Activation(activation_name, dtype="float32", name=name)(logits)
 
 
-def make_optimizer(optimizer: str | type | Callable | keras.optimizers.Optimizer, learning_rate: float):
+def make_optimizer(optimizer: OptimizerLike, learning_rate: float) -> keras.optimizers.Optimizer:
     """An optimizer instance: a name (`"adam"`), a class or factory called with `learning_rate=`
     (the port passed `keras.optimizers.Adam`), or an instance, used as is (its own learning rate)."""
     if isinstance(optimizer, keras.optimizers.Optimizer):
@@ -150,7 +155,7 @@ def make_optimizer(optimizer: str | type | Callable | keras.optimizers.Optimizer
 
 def compile_model(
     model: keras.Model,
-    optimizer: str | type | Callable | keras.optimizers.Optimizer,
+    optimizer: OptimizerLike,
     learning_rate: float,
     loss,
     metrics=None,

@@ -37,10 +37,14 @@ def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras
     """
     path = Path(model_file)
     if not path.is_file():
-        raise InputError(f"model file {path} does not exist: check the path (train a model first to create it)")
+        raise InputError(
+            f"model file {path} does not exist: check the path (train a model first to create it)"
+        )
     suffix = path.suffix.lower()
     if suffix not in (".keras", ".h5", ".hdf5"):
-        raise InputError(f"model file {path}: unknown format {suffix!r}; expected a .keras (or legacy .h5) file")
+        raise InputError(
+            f"model file {path}: unknown format {suffix!r}; expected a .keras (or legacy .h5) file"
+        )
     try:
         return keras.saving.load_model(path, custom_objects=LEGACY_CUSTOM_OBJECTS, compile=compile)
     except Exception as error:  # Keras raises many types (ValueError, OSError, KeyError, zipfile...)
@@ -52,5 +56,6 @@ def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras
                 "cannot be read by Keras 3: build the network again with isensee2017_model(legacy=True) "
                 "or unet_model_3d and a channels-last input_shape, train it, and save it as .keras"
             )
-        raise InputError(f"cannot load model file {path} ({type(error).__name__}: {error}); {remedy}") from error
-
+        raise InputError(
+            f"cannot load model file {path} ({type(error).__name__}: {error}); {remedy}"
+        ) from error

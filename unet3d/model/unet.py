@@ -12,13 +12,14 @@ its transposed convolutions keep the channel count; the 2D U-Net keeps them insi
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
 
 from unet3d.metrics import LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss
 from unet3d.model.blocks import (
     MAX_POOLING,
+    OptimizerLike,
     SpatialSizeCheck,
     check_input_shape,
     compile_model,
@@ -81,7 +82,9 @@ def build_unet(
     inputs = keras.Input(input_shape)
     x = SpatialSizeCheck(divisors)(inputs)
     x = unet_backbone(x, level_filters, pool_size, deconvolution, batch_normalization, halve_on_upsampling)
-    return keras.Model(inputs, output_activation(segmentation_logits(x, n_labels), activation_name), name=name)
+    return keras.Model(
+        inputs, output_activation(segmentation_logits(x, n_labels), activation_name), name=name
+    )
 
 
 def build_unet_3d(
@@ -147,11 +150,14 @@ def build_unet_2d(
 
 
 def label_wise_metrics(metrics, n_labels: int, include_label_wise_dice_coefficients: bool) -> list:
-    """`metrics` as a list, plus one `LabelDiceCoefficient` per label when asked (as the port)."""
-    metrics = [] if metrics is None else list(metrics) if isinstance(metrics, (list, tuple)) else [metrics]
+    """`metrics` as a list, plus one `LabelDiceCoefficient` per label when asked (as the port did)."""
+    if metrics is None:
+        metrics = []
+    elif not isinstance(metrics, (list, tuple)):
+        metrics = [metrics]
     if include_label_wise_dice_coefficients and n_labels > 1:
-        metrics += [LabelDiceCoefficient(index) for index in range(n_labels)]
-    return metrics
+        return [*metrics, *(LabelDiceCoefficient(index) for index in range(n_labels))]
+    return list(metrics)
 
 
 def unet_model_3d(
@@ -166,7 +172,7 @@ def unet_model_3d(
     metrics=dice_coefficient,
     batch_normalization: bool = False,
     activation_name: str = "sigmoid",
-    optimizer: str | type | Callable | keras.optimizers.Optimizer = "adam",
+    optimizer: OptimizerLike = "adam",
     loss_function=dice_coefficient_loss,
     jit_compile: bool | str = "auto",
 ) -> keras.Model:
@@ -183,7 +189,9 @@ def unet_model_3d(
         activation_name=activation_name,
     )
     metrics = label_wise_metrics(metrics, n_labels, include_label_wise_dice_coefficients)
-    return compile_model(model, optimizer, initial_learning_rate, loss_function, metrics, jit_compile=jit_compile)
+    return compile_model(
+        model, optimizer, initial_learning_rate, loss_function, metrics, jit_compile=jit_compile
+    )
 
 
 def unet_model_2d(
@@ -196,7 +204,7 @@ def unet_model_2d(
     batch_normalization: bool = True,
     activation_name: str = "sigmoid",
     initial_learning_rate: float = 1e-4,
-    optimizer: str | type | Callable | keras.optimizers.Optimizer = "adam",
+    optimizer: OptimizerLike = "adam",
     loss_function=dice_coefficient_loss,
     metrics=dice_coefficient,
     include_label_wise_dice_coefficients: bool = False,
@@ -214,4 +222,6 @@ def unet_model_2d(
         activation_name=activation_name,
     )
     metrics = label_wise_metrics(metrics, n_labels, include_label_wise_dice_coefficients)
-    return compile_model(model, optimizer, initial_learning_rate, loss_function, metrics, jit_compile=jit_compile)
+    return compile_model(
+        model, optimizer, initial_learning_rate, loss_function, metrics, jit_compile=jit_compile
+    )
