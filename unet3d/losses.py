@@ -129,39 +129,29 @@ class SoftDiceLoss(_ConfiguredLoss):
     """`soft_dice_loss` as a configurable, serialisable loss."""
 
     loss_function = staticmethod(soft_dice_loss)
+    default_name = "soft_dice_loss"
 
     def __init__(
         self,
         from_logits: bool = False,
         smooth: float = 1e-5,
         batch_dice: bool = False,
-        name: str = "soft_dice_loss",
+        name: str | None = None,
         reduction: str = "sum_over_batch_size",
         dtype=None,
     ):
         super().__init__(
-            name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice
+            name or self.default_name, reduction, dtype, from_logits=from_logits, smooth=smooth,
+            batch_dice=batch_dice,
         )
 
 
 @keras.saving.register_keras_serializable(package="unet3d")
-class BCEDiceLoss(_ConfiguredLoss):
-    """`bce_dice_loss` as a configurable, serialisable loss."""
+class BCEDiceLoss(SoftDiceLoss):
+    """`bce_dice_loss` as a configurable, serialisable loss (same options as `SoftDiceLoss`)."""
 
     loss_function = staticmethod(bce_dice_loss)
-
-    def __init__(
-        self,
-        from_logits: bool = False,
-        smooth: float = 1e-5,
-        batch_dice: bool = False,
-        name: str = "bce_dice_loss",
-        reduction: str = "sum_over_batch_size",
-        dtype=None,
-    ):
-        super().__init__(
-            name, reduction, dtype, from_logits=from_logits, smooth=smooth, batch_dice=batch_dice
-        )
+    default_name = "bce_dice_loss"
 
 
 @keras.saving.register_keras_serializable(package="unet3d")
