@@ -14,6 +14,7 @@ setup(
         "tables",
         "numpy",
         "SimpleITK",
+        "numba",
         "absl-py",
         "scipy",
         "matplotlib",

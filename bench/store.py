@@ -13,8 +13,6 @@ file size and the ratio to the legacy layout.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +22,7 @@ from absl import app, flags
 
 from unet3d.data import (FILTERS, DataStore, StoreWriter, add_data_to_storage,
                          create_data_file, write_data_to_file)
-from unet3d.synthetic import make_synthetic_brats
-from unet3d.brats import MODALITIES, find_cases
+from common import synthetic_cases, work_folder
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("n_cases", 4, "Synthetic cases to store.")
@@ -61,16 +58,10 @@ def main(argv):
     del argv
     shape = tuple(int(n) for n in FLAGS.shape.split(","))
     patch = tuple(int(n) for n in FLAGS.patch.split(","))
-    work = Path(FLAGS.work_dir or tempfile.mkdtemp(prefix="bench_store_"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
-        print(f"writing {FLAGS.n_cases} synthetic cases of {shape} under {work}")
-        make_synthetic_brats(work / "cases", n_cases=FLAGS.n_cases, shape=shape, seed=FLAGS.seed,
-                             overwrite=True)
-        cases = find_cases(work / "cases")
+    with work_folder(FLAGS.work_dir, "bench_store_") as work:
+        files, names = synthetic_cases(work, FLAGS.n_cases, shape, FLAGS.seed)
         start = time.perf_counter()
-        write_data_to_file([case.files(MODALITIES) for case in cases], work / "store.h5",
-                           subject_ids=[case.name for case in cases], progress=lambda line: None)
+        write_data_to_file(files, work / "store.h5", subject_ids=names, progress=lambda line: None)
         print(f"default store written in {time.perf_counter() - start:.1f} s")
         reference = DataStore(work / "store.h5")
 
@@ -128,9 +119,6 @@ def main(argv):
         for store in stores.values():
             store.close()
         reference.close()
-    finally:
-        if FLAGS.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -20,17 +20,6 @@ from unet3d.io import read_nifti, write_nifti
 from unet3d.synthetic import make_synthetic_brats
 
 
-@pytest.fixture(scope="module")
-def cases(synthetic_brats):
-    return find_cases(synthetic_brats)
-
-
-@pytest.fixture(scope="module")
-def store_path(cases, tmp_path_factory):
-    path = tmp_path_factory.mktemp("store") / "data.h5"
-    write_data_to_file([c.files() for c in cases], path, subject_ids=[c.name for c in cases],
-                       modalities=MODALITIES)
-    return path
 
 
 def test_paper_mode_zscore_inside_the_brain_and_zero_outside(cases, store_path):

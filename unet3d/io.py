@@ -7,12 +7,13 @@ travels as a `Geometry`; `Geometry.affine` is the RAS voxel-to-world matrix niba
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -164,16 +165,24 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
-def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
-    path = Path(path)
-    tmp = temporary_path(path, ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix)
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write into; on success it is renamed to `path`, on
+    any error (or interrupt) it is removed and `path` is left as it was."""
+    tmp = temporary_path(path, suffix)
     try:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+        yield tmp
         publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
+    path = Path(path)
+    with atomic_write(path, ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=True)
 
 
 def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,

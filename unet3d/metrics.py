@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import keras
 from keras import ops
 
-REGION_NAMES = ("wt", "tc", "et")
+from unet3d.labels import REGION_NAMES
 
 
 def spatial_axes(x) -> tuple[int, ...]:

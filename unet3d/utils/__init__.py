@@ -1,0 +1,1 @@
+"""Small array utilities shared by training and prediction (patch grids)."""

@@ -1,0 +1,33 @@
+"""Shared set-up of the benchmark scripts: a work folder and synthetic BraTS cases in it."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from unet3d.brats import MODALITIES, find_cases
+from unet3d.synthetic import make_synthetic_brats
+
+
+@contextlib.contextmanager
+def work_folder(path: str | None, prefix: str) -> Iterator[Path]:
+    """`path` (kept afterwards), or a temporary folder removed at the end."""
+    work = Path(path or tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if path is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def synthetic_cases(work: Path, n_cases: int, shape: Sequence[int], seed: int
+                    ) -> tuple[list[list[Path]], list[str]]:
+    """Write synthetic cases under work/cases; returns (files per case, case names)."""
+    print(f"writing {n_cases} synthetic cases of {tuple(shape)} under {work}")
+    make_synthetic_brats(work / "cases", n_cases=n_cases, shape=shape, seed=seed, overwrite=True)
+    cases = find_cases(work / "cases")
+    return [case.files(MODALITIES) for case in cases], [case.name for case in cases]

@@ -1,0 +1,471 @@
+"""Training and validation batches from a data store, as `keras.utils.PyDataset`s for `model.fit`.
+
+Two recipes:
+
+- the legacy port's (`get_training_and_validation_generators`): a list of (case, patch corner)
+  per epoch, shuffled and consumed in batches (the last one partial); whole images when
+  `patch_shape` is None; optional random start offsets, blank-patch skipping, scale/flip
+  augmentation and the 48 permutations; raw-label target channels.
+- the paper / nnU-Net recipe (`get_training_and_validation_datasets`): `steps_per_epoch` batches of
+  random patches, a third centred on a tumour voxel, the full spatial and intensity augmentation,
+  nested-region targets WT/TC/ET; validation on a fixed grid of patches, each seen once per epoch.
+
+Batches are (images float32 (batch, x, y, z, channels), targets uint8 (batch, x, y, z, n)),
+channels-last. Batch `i` of epoch `e` is drawn from a generator seeded with (seed, e, i), so the
+data depend only on the seed and the epoch, not on the number of workers or on timing; set
+`dataset.epoch` to resume at an epoch. With `workers >= 1` Keras runs `__getitem__` in worker
+processes; each opens its own store handle (`DataStore`), so no HDF5 handle crosses a fork.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from multiprocessing import resource_tracker, shared_memory
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from unet3d.augment import (AugmentConfig, augment_data, augment_intensities, extract_patch,
+                            mirror, permute_data, random_permutation_key,
+                            sample_spatial_transform)
+from unet3d.data import DataStore
+from unet3d.errors import InputError
+from unet3d.io import atomic_write
+from unet3d.labels import encode_targets, get_multi_class_labels  # noqa: F401 - the port's name
+from unet3d.logs import get_logger
+from unet3d.utils.patches import (compute_patch_indices, foreground_locations,
+                                  get_patch_from_3d_data, random_patch_corner)
+
+DataFile = str | os.PathLike | DataStore
+
+
+def _from_shared_memory(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """Unpickling side of `_SharedArray`: copy the array out and free the block."""
+    block = shared_memory.SharedMemory(name=name)
+    try:
+        return np.ndarray(shape, dtype, buffer=block.buf).copy()
+    finally:
+        block.close()
+        block.unlink()
+
+
+class _SharedArray:
+    """An array a worker process hands to the training process through shared memory: pickling
+    sends only the block's name, instead of pushing ~80 MB per batch through a pipe.
+
+    Blocks are registered with the resource tracker the training process started before the
+    workers (one tracker for all), so blocks of a crashed run are removed when it ends.
+    """
+
+    def __init__(self, array: np.ndarray):
+        self.block = shared_memory.SharedMemory(create=True, size=max(array.nbytes, 1))
+        np.ndarray(array.shape, array.dtype, buffer=self.block.buf)[...] = array
+        self.shape, self.dtype = array.shape, array.dtype.str
+
+    def __reduce__(self):
+        return _from_shared_memory, (self.block.name, self.shape, self.dtype)
+
+    def __del__(self) -> None:
+        self.block.close()
+
+
+def _open(data_file: DataFile) -> DataStore:
+    return data_file if isinstance(data_file, DataStore) else DataStore(data_file)
+
+
+def get_number_of_steps(n_samples: int, batch_size: int) -> int:
+    """Batches needed to see `n_samples` once: ceil(n_samples / batch_size); 0 samples is an error."""
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size}: need at least 1")
+    if n_samples < 1:
+        raise InputError("no samples to train on (0 steps): the store is empty, the split left "
+                         "no case here, or every patch is blank (skip_blank); check the store "
+                         "and the keys files, or pass skip_blank=False")
+    return math.ceil(n_samples / batch_size)
+
+
+def _load_keys(path: Path) -> list[int]:
+    try:
+        with open(path, "rb") as f:
+            keys = pickle.load(f)
+        return [int(k) for k in keys]
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise InputError(f"{path}: cannot read the split ({error}); delete it or pass "
+                         "overwrite=True to draw a new split") from None
+
+
+def _save_keys(keys: Sequence[int], path: Path) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump([int(k) for k in keys], f)
+
+
+def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
+                         validation_file: str | os.PathLike, data_split: float = 0.8,
+                         overwrite: bool = False, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Split the store's cases into training and validation indices, saved to two pickle files.
+
+    The cases are shuffled with `seed` and the first int(n * data_split) go to training, as in the
+    port (which did not seed). Existing keys files are reused unless `overwrite`; they are checked
+    against the store. Returns (training indices, validation indices).
+    """
+    store = _open(data_file)
+    training_file, validation_file = Path(training_file), Path(validation_file)
+    log = get_logger()
+    if training_file.exists() and validation_file.exists() and not overwrite:
+        training, validation = _load_keys(training_file), _load_keys(validation_file)
+        bad = [k for k in training + validation if not 0 <= k < store.n_cases]
+        if bad or set(training) & set(validation):
+            raise InputError(
+                f"{training_file} / {validation_file} do not fit {store.path} ({store.n_cases} "
+                f"cases): {'indices ' + str(bad[:5]) + ' out of range' if bad else 'they overlap'}."
+                " They belong to another store: pass overwrite=True (--overwrite) to split again")
+        log.info("reusing the split in %s (%d training) and %s (%d validation)",
+                 training_file, len(training), validation_file, len(validation))
+        return training, validation
+    if not 0 < data_split <= 1:
+        raise InputError(f"data_split={data_split}: the training fraction is in (0, 1]")
+    order = np.random.default_rng(seed).permutation(store.n_cases).tolist()
+    n_training = int(store.n_cases * data_split)
+    training, validation = order[:n_training], order[n_training:]
+    if not training or (data_split < 1 and not validation):
+        raise InputError(f"{store.path}: {store.n_cases} case(s) with data_split={data_split} "
+                         f"leave {len(training)} for training and {len(validation)} for "
+                         "validation; add cases or change data_split")
+    _save_keys(training, training_file)
+    _save_keys(validation, validation_file)
+    log.info("new split (seed %d): %d training cases -> %s, %d validation -> %s",
+             seed, len(training), training_file, len(validation), validation_file)
+    return training, validation
+
+
+class _StoreDataset(keras.utils.PyDataset):
+    """Batches from a store; subclasses define `__len__` and `_sample(index, rng)` per epoch."""
+
+    def __init__(self, data_file: DataFile, case_indices: Sequence[int], batch_size: int,
+                 target: str, labels: Sequence[int] | None, seed: int, workers: int,
+                 max_queue_size: int):
+        super().__init__(workers=max(int(workers), 1), use_multiprocessing=workers > 0,
+                         max_queue_size=max_queue_size)
+        self.store = _open(data_file)
+        if not self.store.has_truth:
+            raise InputError(f"{self.store.path}: this store has no labels; training and "
+                             "validation need a store written with label files")
+        self.case_indices = [int(c) for c in case_indices]
+        bad = [c for c in self.case_indices if not 0 <= c < self.store.n_cases]
+        if bad:
+            raise InputError(f"{self.store.path}: case indices {bad[:5]} out of range "
+                             f"(the store has {self.store.n_cases} cases)")
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size}: need at least 1")
+        self.batch_size = int(batch_size)
+        self.labels = tuple(labels) if labels is not None else (self.store.labels or (1, 2, 4))
+        encode_targets(np.zeros((1, 1, 1), np.uint8), target, self.labels)  # validates both
+        self.target = target
+        self.seed = int(seed)
+        self._epoch = 0
+        self._owner = os.getpid()
+        if self.use_multiprocessing:
+            resource_tracker.ensure_running()  # shared with the workers (see _SharedArray)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the batches are drawn for (counts from 0; set it to resume)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        if int(value) != self._epoch:
+            self._epoch = int(value)
+            self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        """Prepare the epoch (in the main process, before Keras forks workers)."""
+
+    def on_epoch_end(self) -> None:
+        self.epoch = self._epoch + 1
+
+    def _rng(self, *key: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self._epoch, *key])
+
+    def _check_index(self, index: int) -> None:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range ({len(self)} per epoch)")
+
+    def _batch(self, samples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+        images = np.stack([image for image, _ in samples])
+        targets = np.stack([encode_targets(truth, self.target, self.labels) for _, truth in samples])
+        if os.getpid() != self._owner and self.use_multiprocessing:
+            return _SharedArray(images), _SharedArray(targets)  # arrive as arrays
+        return images, targets
+
+
+class PatchListDataset(_StoreDataset):
+    """The legacy port's generator: every (case, patch) of the list once per epoch.
+
+    Args:
+        data_file: store path or `DataStore`.
+        case_indices: cases to draw from.
+        batch_size: samples per batch; the last batch of an epoch may be smaller.
+        target: "labels" (one channel per label value, the port) or "regions" (WT/TC/ET).
+        labels: label values (default: the store's, else (1, 2, 4)).
+        patch_shape: (x, y, z) patch, or None for whole cases (they must then share one shape
+            when batch_size > 1).
+        patch_overlap: overlap of the patch grid (int or 3 ints).
+        patch_start_offset: if set, each epoch the grid starts at a random negative offset of up
+            to this many voxels per axis (the port's training_patch_start_offset).
+        shuffle: shuffle the list each epoch.
+        skip_blank: leave out samples whose truth is all zero (checked before augmentation).
+        augment, augment_flip, augment_distortion_factor: the port's `augment_data`.
+        permute: apply one of the 48 cube permutations at random (cubic patches only).
+        padding: what a patch reaching past the case holds there: "edge" (the nearest voxel, the
+            port) or "zero" (background, as the paper recipe's training patches).
+        seed: seeds the offsets, shuffling and augmentation.
+        workers: worker processes producing batches (0: in the training process).
+
+    The number of batches is fixed at construction (from epoch 0's list); with random offsets a
+    later epoch's list may be longer or shorter and is cut or repeated to the same length.
+    """
+
+    def __init__(self, data_file: DataFile, case_indices: Sequence[int], batch_size: int = 1,
+                 target: str = "labels", labels: Sequence[int] | None = None,
+                 patch_shape: Sequence[int] | None = None, patch_overlap: int | Sequence[int] = 0,
+                 patch_start_offset: Sequence[int] | None = None, shuffle: bool = True,
+                 skip_blank: bool = True, augment: bool = False, augment_flip: bool = True,
+                 augment_distortion_factor: float | None = 0.25, permute: bool = False,
+                 padding: str = "edge", seed: int = 0, workers: int = 0,
+                 max_queue_size: int = 10):
+        super().__init__(data_file, case_indices, batch_size, target, labels, seed, workers,
+                         max_queue_size)
+        self.patch_shape = None if patch_shape is None else tuple(int(n) for n in patch_shape)
+        self.patch_overlap = patch_overlap
+        self.patch_start_offset = (None if patch_start_offset is None or self.patch_shape is None
+                                   else np.broadcast_to(patch_start_offset, 3).astype(int))
+        self.shuffle, self.skip_blank = shuffle, skip_blank
+        self.augment, self.augment_flip = augment, augment_flip
+        self.augment_distortion_factor = augment_distortion_factor
+        self.permute = permute
+        if padding not in ("edge", "zero"):
+            raise InputError(f"padding {padding!r}: use 'edge' or 'zero'")
+        self.padding = padding
+        self._check_shapes()
+        self._fixed = None if self.patch_start_offset is not None else self._list_samples(None)
+        self._samples = self._epoch_samples()
+        self._length = get_number_of_steps(len(self._samples), self.batch_size)
+        self._n_samples = len(self._samples)
+
+    def _check_shapes(self) -> None:
+        shapes = {self.store.case_shape(c) for c in self.case_indices}
+        sample_shapes = {self.patch_shape} if self.patch_shape else shapes
+        if self.patch_shape is None and self.batch_size > 1 and len(shapes) > 1:
+            raise InputError(f"{self.store.path}: cases have different shapes {sorted(shapes)[:3]}"
+                             "...; whole-image batches need one shape: give a patch shape, use "
+                             "batch size 1, or write the store with --image_shape")
+        if self.permute and any(len(set(s)) != 1 for s in sample_shapes):
+            raise InputError(f"permute needs cubic samples, got {sorted(sample_shapes)[:3]}; "
+                             "use a cubic patch shape or turn permutation off")
+
+    def _list_samples(self, rng: np.random.Generator | None) -> list[tuple[int, tuple | None]]:
+        """(case, corner) of every patch of every case, blank ones left out if `skip_blank`;
+        `rng` draws the random start offsets (None: the centred grid)."""
+        samples = []
+        for case in self.case_indices:
+            if self.patch_shape is None:
+                corners = [None]
+            else:
+                start = (None if rng is None else
+                         -np.array([rng.integers(0, m + 1) for m in self.patch_start_offset]))
+                corners = [tuple(int(v) for v in corner) for corner in compute_patch_indices(
+                    self.store.case_shape(case), self.patch_shape, self.patch_overlap, start)]
+            truth = self.store.read_truth(case) if self.skip_blank else None
+            for corner in corners:
+                if truth is None or self._crop(truth, corner).any():
+                    samples.append((case, corner))
+        return samples
+
+    def _crop(self, array: np.ndarray, corner: tuple[int, int, int] | None) -> np.ndarray:
+        """The sample at `corner` of a whole case `array` (None: all of it), padded as set."""
+        if corner is None:
+            return array
+        if self.padding == "edge":
+            return get_patch_from_3d_data(array, self.patch_shape, corner)
+        inside = tuple(slice(max(c, 0), max(c + p, 0)) for c, p in zip(corner, self.patch_shape))
+        return array[inside]  # the zero padding adds nothing to a blank test
+
+    def _epoch_samples(self) -> list[tuple[int, tuple | None]]:
+        rng = self._rng()
+        samples = self._fixed if self._fixed is not None else self._list_samples(rng)
+        if self.shuffle:
+            samples = [samples[k] for k in rng.permutation(len(samples))]
+        return samples
+
+    def _start_epoch(self) -> None:
+        samples = self._epoch_samples()
+        if not samples:
+            raise InputError(f"{self.store.path}: epoch {self.epoch} has no non-blank patch")
+        self._samples = [samples[k % len(samples)] for k in range(self._n_samples)]
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def samples(self) -> list[tuple[int, tuple[int, int, int] | None]]:
+        """This epoch's (case index, patch corner or None) list, in order."""
+        return list(self._samples)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_index(index)
+        chunk = self._samples[index * self.batch_size:(index + 1) * self.batch_size]
+        return self._batch([self._sample(case, corner, self._rng(index, k))
+                            for k, (case, corner) in enumerate(chunk)])
+
+    def _sample(self, case: int, corner, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        if corner is not None and self.padding == "zero":
+            image, truth = self.store.read_patch(case, corner, self.patch_shape)
+        else:
+            image, truth = self.store.read_image(case), self.store.read_truth(case)
+            image, truth = self._crop(image, corner), self._crop(truth, corner)
+        if self.augment:
+            image, truth = augment_data(image, truth, self.augment_distortion_factor,
+                                        self.augment_flip, rng)
+        if self.permute:
+            key = random_permutation_key(rng)
+            image, truth = permute_data(image, key), permute_data(truth, key)
+        return image, truth
+
+
+class RandomPatchDataset(_StoreDataset):
+    """The paper / nnU-Net training data: `steps_per_epoch` batches of random patches.
+
+    Each sample picks a case uniformly, and with probability `foreground_fraction` centres the
+    patch on a voxel of a label drawn uniformly among the labels the case has (else a uniform
+    position), then applies `augment` (None: plain crops). Positions are indexed once from each
+    case's truth (at most 10,000 per label).
+
+    Args:
+        data_file: store path or `DataStore`.
+        case_indices: cases to draw from.
+        patch_shape: (x, y, z), default the paper's 128^3.
+        batch_size: patches per batch (paper: 2).
+        steps_per_epoch: batches per epoch (paper: 100).
+        target: "regions" (WT/TC/ET, default) or "labels".
+        labels: label values (default: the store's, else (1, 2, 4)).
+        augment: `AugmentConfig` or None.
+        foreground_fraction: probability of a tumour-centred patch (default 1/3).
+        seed: seeds every draw.
+        workers: worker processes producing batches (0: in the training process).
+    """
+
+    def __init__(self, data_file: DataFile, case_indices: Sequence[int],
+                 patch_shape: Sequence[int] = (128, 128, 128), batch_size: int = 2,
+                 steps_per_epoch: int = 100, target: str = "regions",
+                 labels: Sequence[int] | None = None,
+                 augment: AugmentConfig | None = AugmentConfig(),
+                 foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0,
+                 max_queue_size: int = 10):
+        super().__init__(data_file, case_indices, batch_size, target, labels, seed, workers,
+                         max_queue_size)
+        if not self.case_indices:
+            raise InputError(f"{self.store.path}: no training cases (0 steps); check the split")
+        if steps_per_epoch < 1:
+            raise InputError(f"steps_per_epoch={steps_per_epoch}: need at least 1")
+        if not 0 <= foreground_fraction <= 1:
+            raise InputError(f"foreground_fraction={foreground_fraction}: a probability in [0, 1]")
+        self.patch_shape = tuple(int(n) for n in patch_shape)
+        if len(self.patch_shape) != 3 or min(self.patch_shape) < 1:
+            raise InputError(f"patch shape {patch_shape}: need 3 positive sizes")
+        self.steps_per_epoch = int(steps_per_epoch)
+        self.augment = augment
+        self.foreground_fraction = float(foreground_fraction)
+        get_logger().info("indexing tumour voxels of %d cases", len(self.case_indices))
+        self.locations = {case: foreground_locations(self.store.read_truth(case), self.labels,
+                                                     rng=np.random.default_rng([self.seed, case]))
+                          for case in self.case_indices}
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        self._check_index(index)
+        rng = self._rng(index)
+        return self._batch([self._sample(rng) for _ in range(self.batch_size)])
+
+    def _sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        case = self.case_indices[int(rng.integers(len(self.case_indices)))]
+        shape = self.store.case_shape(case)
+        oversample = rng.random() < self.foreground_fraction
+        corner = random_patch_corner(rng, shape, self.patch_shape,
+                                     self.locations[case] if oversample else None)
+        centre = corner + (np.array(self.patch_shape) - 1) / 2
+        config = self.augment
+        transform = sample_spatial_transform(rng, config, self.patch_shape) if config else None
+
+        def read_region(corner, region_shape):
+            return self.store.read_patch(case, corner, region_shape)
+
+        image, truth = extract_patch(read_region, shape, centre, self.patch_shape, transform)
+        if config is not None:
+            image, truth = mirror(rng, config.mirror_axes, image, truth)
+            augment_intensities(rng, image, config)
+        return image, truth
+
+
+def get_training_and_validation_generators(
+        data_file: DataFile, batch_size: int, n_labels: int,
+        training_keys_file: str | os.PathLike, validation_keys_file: str | os.PathLike,
+        data_split: float = 0.8, overwrite: bool = False, labels: Sequence[int] | None = None,
+        augment: bool = False, augment_flip: bool = True,
+        augment_distortion_factor: float | None = 0.25, patch_shape: Sequence[int] | None = None,
+        validation_patch_overlap: int = 0,
+        training_patch_start_offset: Sequence[int] | None = None,
+        validation_batch_size: int | None = None, skip_blank: bool = True, permute: bool = False,
+        seed: int = 0, workers: int = 0
+) -> tuple[PatchListDataset, PatchListDataset, int, int]:
+    """The legacy port's data: (training, validation, n_training_steps, n_validation_steps).
+
+    Both datasets go straight to `model.fit(training, validation_data=validation, ...)`. Targets
+    are one channel per label (`labels`, default 1..n_labels), channels-last. Validation batches
+    are neither shuffled, offset nor augmented; every validation sample is seen once per epoch.
+    """
+    store = _open(data_file)
+    labels = tuple(range(1, n_labels + 1)) if labels is None else tuple(labels)
+    if len(labels) != n_labels:
+        raise InputError(f"n_labels={n_labels} but labels={labels}")
+    training, validation = get_validation_split(store, training_keys_file, validation_keys_file,
+                                                data_split, overwrite, seed)
+    common = dict(target="labels", labels=labels, patch_shape=patch_shape, skip_blank=skip_blank,
+                  seed=seed, workers=workers)
+    train = PatchListDataset(store, training, batch_size, patch_start_offset=training_patch_start_offset,
+                             augment=augment, augment_flip=augment_flip,
+                             augment_distortion_factor=augment_distortion_factor, permute=permute,
+                             **common)
+    valid = PatchListDataset(store, validation, validation_batch_size or batch_size,
+                             patch_overlap=validation_patch_overlap, shuffle=False, **common)
+    return train, valid, len(train), len(valid)
+
+
+def get_training_and_validation_datasets(
+        data_file: DataFile, training_keys_file: str | os.PathLike,
+        validation_keys_file: str | os.PathLike, patch_shape: Sequence[int] = (128, 128, 128),
+        batch_size: int = 2, steps_per_epoch: int = 100, validation_batch_size: int | None = None,
+        data_split: float = 0.8, overwrite: bool = False, target: str = "regions",
+        labels: Sequence[int] | None = None, augment: AugmentConfig | None = AugmentConfig(),
+        foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0
+) -> tuple[RandomPatchDataset, PatchListDataset]:
+    """The paper recipe's data: (training `RandomPatchDataset`, validation `PatchListDataset`).
+
+    Validation covers each validation case with a non-overlapping grid of `patch_shape` patches
+    (blank ones included, so Dice sees the empty regions too), each once per epoch.
+    """
+    store = _open(data_file)
+    training, validation = get_validation_split(store, training_keys_file, validation_keys_file,
+                                                data_split, overwrite, seed)
+    train = RandomPatchDataset(store, training, patch_shape, batch_size, steps_per_epoch, target,
+                               labels, augment, foreground_fraction, seed, workers)
+    valid = PatchListDataset(store, validation, validation_batch_size or batch_size, target,
+                             labels, patch_shape, shuffle=False, skip_blank=False, padding="zero",
+                             seed=seed, workers=workers)
+    return train, valid
