@@ -105,12 +105,14 @@ def _save_keys(keys: Sequence[int], path: Path) -> None:
 
 def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
                          validation_file: str | os.PathLike, data_split: float = 0.8,
-                         overwrite: bool = False, seed: int = 0) -> tuple[list[int], list[int]]:
+                         overwrite: bool = False, seed: int = 0, save: bool = True
+                         ) -> tuple[list[int], list[int]]:
     """Split the store's cases into training and validation indices, saved to two pickle files.
 
     The cases are shuffled with `seed` and the first int(n * data_split) go to training, as in the
     port (which did not seed). Existing keys files are reused unless `overwrite`; they are checked
-    against the store. Returns (training indices, validation indices).
+    against the store. `save=False` draws the same split without writing it (the non-chief
+    workers of a multi-host run). Returns (training indices, validation indices).
     """
     store = _open(data_file)
     training_file, validation_file = Path(training_file), Path(validation_file)
@@ -135,6 +137,8 @@ def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
         raise InputError(f"{store.path}: {store.n_cases} case(s) with data_split={data_split} "
                          f"leave {len(training)} for training and {len(validation)} for "
                          "validation; add cases or change data_split")
+    if not save:
+        return training, validation
     _save_keys(training, training_file)
     _save_keys(validation, validation_file)
     log.info("new split (seed %d): %d training cases -> %s, %d validation -> %s",

@@ -1,0 +1,23 @@
+"""Train the Isensee et al. 2017 3D U-Net on a BraTS data store.
+
+    python brats/train_isensee2017.py --data_file brats_data.h5 --preprocessed_dir data/preprocessed
+
+Defaults are the paper recipe: random 128^3 patches (a third centred on tumour), batch 2,
+100 batches per epoch, 300 epochs, Adam 5e-4 x 0.985^epoch, WT/TC/ET targets with BCE + Dice, the
+full augmentation. `--preset legacy` reproduces the Keras-2 port's configuration (whole 128^3
+resampled images, permutations, plateau schedule, weighted Dice over the raw labels).
+Rerunning the same command resumes from the last completed epoch. Exit status 2 on bad input.
+"""
+
+import sys
+
+from absl import app, flags
+
+from unet3d import cli
+from unet3d.cli import define_training_flags, train_main
+
+define_training_flags(("paper", "legacy"))
+flags.adopt_module_key_flags(cli)  # --helpshort lists them
+
+if __name__ == "__main__":
+    sys.exit(app.run(train_main))

@@ -1,0 +1,440 @@
+"""Training: learning-rate schedules, callbacks, resumable runs, distribution and precision.
+
+- The legacy port's API: `train_model`, `get_callbacks`, `step_decay`, `load_old_model`.
+- `run_training`: the resumable loop the BraTS scripts use. A run keeps, next to the model file,
+  a checkpoint folder `<model_file>.run/` holding the last completed epoch's full model (weights,
+  optimizer state, learning rate) and `state.json` (epochs done, every epoch's logs, the
+  callbacks' counters). Both are replaced atomically at the end of each epoch, `state.json` last,
+  so a run killed at any moment (SIGKILL included) restarts with the same command from the last
+  completed epoch: same weights, optimizer state, learning rate, epoch counter and data order
+  (datasets draw from (seed, epoch)); the CSV log is rewritten from `state.json`, so no epoch is
+  lost or repeated in it.
+- `make_strategy`: one device, `MirroredStrategy` over the visible GPUs, or
+  `MultiWorkerMirroredStrategy` across hosts when `TF_CONFIG` is set (only the chief writes).
+- `set_precision`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs with bfloat16 units, float32
+  otherwise; model outputs and losses stay float32.
+
+Global batch = per-replica batch x replicas. Learning-rate rule: the paper's rate (5e-4) is for a
+global batch of 2; when the global batch grows, scale the rate linearly
+(`scaled_learning_rate`), the usual rule for Adam at these small batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from unet3d.errors import InputError
+from unet3d.io import atomic_write
+from unet3d.logs import get_logger
+from unet3d.model.saving import load_old_model
+
+__all__ = ["step_decay", "exponential_decay", "poly_decay", "make_schedule", "get_callbacks",
+           "train_model", "load_old_model", "NaNGuard", "EpochSync", "RunCheckpoint", "run_training",
+           "make_strategy", "set_precision", "scaled_learning_rate"]
+
+PAPER_BATCH_SIZE = 2
+SCHEDULES = ("exponential", "step", "plateau", "poly", "constant")
+
+
+# --------------------------------------------------------------------------- schedules
+
+def step_decay(epoch: int, initial_lrate: float, drop: float, epochs_drop: int) -> float:
+    """The port's step decay: initial_lrate * drop ** floor((1 + epoch) / epochs_drop)."""
+    return initial_lrate * math.pow(drop, math.floor((1 + epoch) / epochs_drop))
+
+
+def exponential_decay(epoch: int, initial_lrate: float, gamma: float = 0.985) -> float:
+    """The paper's schedule: initial_lrate * gamma ** epoch."""
+    return initial_lrate * gamma ** epoch
+
+
+def poly_decay(epoch: int, initial_lrate: float, n_epochs: int, exponent: float = 0.9) -> float:
+    """nnU-Net's poly schedule: initial_lrate * (1 - epoch / n_epochs) ** exponent."""
+    return initial_lrate * max(1.0 - epoch / n_epochs, 0.0) ** exponent
+
+
+def make_schedule(name: str, initial_learning_rate: float, n_epochs: int,
+                  learning_rate_drop: float = 0.5, learning_rate_epochs: int | None = None
+                  ) -> Callable[[int], float] | None:
+    """epoch -> learning rate for `name` in SCHEDULES; None for "plateau" (a callback instead)."""
+    if name == "exponential":
+        return lambda epoch: exponential_decay(epoch, initial_learning_rate)
+    if name == "step":
+        if not learning_rate_epochs:
+            raise InputError("the step schedule needs learning_rate_epochs (epochs per drop)")
+        return lambda epoch: step_decay(epoch, initial_learning_rate, learning_rate_drop,
+                                        learning_rate_epochs)
+    if name == "poly":
+        return lambda epoch: poly_decay(epoch, initial_learning_rate, n_epochs)
+    if name == "constant":
+        return lambda epoch: initial_learning_rate
+    if name == "plateau":
+        return None
+    raise InputError(f"unknown learning-rate schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+
+
+def scaled_learning_rate(learning_rate: float, global_batch_size: int,
+                         reference_batch_size: int = PAPER_BATCH_SIZE) -> float:
+    """Linear scaling rule: the rate for `global_batch_size` given one tuned for the reference."""
+    return learning_rate * global_batch_size / reference_batch_size
+
+
+# --------------------------------------------------------------------------- callbacks
+
+class NaNGuard(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN or infinite, saying what to try."""
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.model.stop_training = True
+            self.message = (
+                f"loss became {float(loss)} at batch {batch}: training stopped. Try a lower "
+                "learning rate (--initial_learning_rate), --precision float32 (or mixed_bfloat16 "
+                "instead of mixed_float16), and check the data for NaNs (brats/preprocess.py "
+                "rejects them); the last good checkpoint is kept")
+            get_logger().error(self.message)
+
+
+def get_callbacks(model_file: str | os.PathLike, initial_learning_rate: float = 1e-4,
+                  learning_rate_drop: float = 0.5, learning_rate_epochs: int | None = None,
+                  learning_rate_patience: int = 50, logging_file: str | os.PathLike = "training.log",
+                  verbosity: int = 1, early_stopping_patience: int | None = None
+                  ) -> list[keras.callbacks.Callback]:
+    """The port's callbacks: best-val_loss checkpoint of the full model, CSV log (appending),
+    step decay when `learning_rate_epochs` is set else reduce-on-plateau (factor
+    `learning_rate_drop`), early stopping when `early_stopping_patience` is set; plus `NaNGuard`."""
+    callbacks = [keras.callbacks.ModelCheckpoint(str(model_file), save_best_only=True),
+                 keras.callbacks.CSVLogger(str(logging_file), append=True), NaNGuard()]
+    if learning_rate_epochs:
+        callbacks.append(keras.callbacks.LearningRateScheduler(
+            lambda epoch: step_decay(epoch, initial_learning_rate, learning_rate_drop,
+                                     learning_rate_epochs)))
+    else:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            factor=learning_rate_drop, patience=learning_rate_patience, verbose=verbosity))
+    if early_stopping_patience:
+        callbacks.append(keras.callbacks.EarlyStopping(verbose=verbosity,
+                                                       patience=early_stopping_patience))
+    return callbacks
+
+
+def train_model(model: keras.Model, model_file: str | os.PathLike, training_generator,
+                validation_generator, steps_per_epoch: int, validation_steps: int,
+                initial_learning_rate: float = 0.001, learning_rate_drop: float = 0.5,
+                learning_rate_epochs: int | None = None, n_epochs: int = 500,
+                learning_rate_patience: int = 20, early_stopping_patience: int | None = None
+                ) -> keras.callbacks.History:
+    """The port's `train_model`: `model.fit` with `get_callbacks` (log in training.log)."""
+    return model.fit(training_generator, steps_per_epoch=steps_per_epoch, epochs=n_epochs,
+                     validation_data=validation_generator, validation_steps=validation_steps,
+                     callbacks=get_callbacks(model_file, initial_learning_rate, learning_rate_drop,
+                                             learning_rate_epochs, learning_rate_patience,
+                                             early_stopping_patience=early_stopping_patience))
+
+
+class EpochSync(keras.callbacks.Callback):
+    """Sets `dataset.epoch` to `fit`'s epoch before each epoch's batches are drawn (and before
+    Keras starts the epoch's worker processes), so the data order follows the epoch number."""
+
+    def __init__(self, dataset):
+        super().__init__()
+        self.dataset = dataset
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.dataset.epoch = epoch
+
+
+# Counters of Keras callbacks that a resumed run must get back.
+_CALLBACK_STATE = {
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+    keras.callbacks.EarlyStopping: ("wait", "best", "stopped_epoch"),
+}
+
+
+def _to_json(value):
+    value = float(value) if isinstance(value, (np.floating, np.integer)) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Keeps a run resumable: at each epoch end, atomically, the last model, the best model (by
+    `monitor`), `state.json` and the CSV log. Only the chief of a multi-worker run writes.
+
+    Args:
+        run_dir: checkpoint folder (`last.keras`, `state.json`).
+        model_file: where the best model goes (a `.keras` file).
+        csv_file: the training log, one row per epoch (rewritten from the state on resume).
+        monitor: "val_loss" (or "loss" without validation); lower is better.
+        callbacks: callbacks whose counters are saved and restored (plateau, early stopping).
+        is_chief: whether this process writes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, model_file: str | os.PathLike,
+                 csv_file: str | os.PathLike, monitor: str = "val_loss",
+                 callbacks: Sequence[keras.callbacks.Callback] = (), is_chief: bool = True):
+        super().__init__()
+        self.run_dir, self.model_file, self.csv_file = Path(run_dir), Path(model_file), Path(csv_file)
+        self.monitor, self.is_chief = monitor, is_chief
+        self.tracked = [c for c in callbacks if type(c) in _CALLBACK_STATE]
+        self.state = self.load_state(self.run_dir) or {"epochs_done": 0, "history": [],
+                                                       "best": None, "callbacks": []}
+
+    @staticmethod
+    def load_state(run_dir: str | os.PathLike) -> dict | None:
+        """The saved state of the run in `run_dir`, or None for a new run."""
+        path = Path(run_dir) / "state.json"
+        if not path.exists():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise InputError(f"{path}: unreadable run state ({error}); delete {run_dir} to start "
+                             "the run over") from None
+
+    @property
+    def last_model(self) -> Path:
+        return self.run_dir / "last.keras"
+
+    def restore_callbacks(self) -> None:
+        """Give the tracked callbacks their saved counters (call after `on_train_begin`)."""
+        for callback, saved in zip(self.tracked, self.state["callbacks"]):
+            for name, value in saved.items():
+                setattr(callback, name, np.inf if value is None and name == "best" else value)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.restore_callbacks_after_begin = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if getattr(self, "restore_callbacks_after_begin", False):
+            # Keras resets the counters in on_train_begin; put the saved ones back once.
+            self.restore_callbacks()
+            self.restore_callbacks_after_begin = False
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        row = {"epoch": epoch, **{k: _to_json(v) for k, v in logs.items()}}
+        value = logs.get(self.monitor)
+        improved = value is not None and math.isfinite(value) and (
+            self.state["best"] is None or value < self.state["best"])
+        self.state = {
+            "epochs_done": epoch + 1,
+            "history": self.state["history"] + [row],
+            "best": value if improved else self.state["best"],
+            "callbacks": [{name: _to_json(getattr(c, name)) for name in _CALLBACK_STATE[type(c)]}
+                          for c in self.tracked],
+        }
+        if not self.is_chief:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(self.last_model, ".keras") as tmp:
+            self.model.save(tmp)
+        if improved:
+            with atomic_write(self.model_file, ".keras") as tmp:
+                self.model.save(tmp)
+        with atomic_write(self.run_dir / "state.json") as tmp:
+            tmp.write_text(json.dumps(self.state, indent=1))
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        """Write the CSV log from the state: one row per completed epoch, nothing else."""
+        rows = self.state["history"]
+        if not self.is_chief or not rows:
+            return
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        with atomic_write(self.csv_file) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+# --------------------------------------------------------------------------- devices
+
+def _tensorflow():
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+    return tf
+
+
+def make_strategy(name: str = "auto", cpu_replicas: int = 1):
+    """A `tf.distribute` strategy: "auto" (multi_worker if TF_CONFIG is set, mirrored with several
+    GPUs, else one_device), "one_device", "mirrored" (all GPUs, or the CPU split into
+    `cpu_replicas` logical devices when there is none) or "multi_worker". None on other backends.
+    Call it before TensorFlow runs anything (the CPU split must come first)."""
+    tf = _tensorflow()
+    if tf is None:
+        if name not in ("auto", "one_device"):
+            raise InputError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND)")
+        return None
+    n_gpus = len(tf.config.list_physical_devices("GPU"))  # listing does not start TensorFlow
+    if name == "auto":
+        name = ("multi_worker" if os.environ.get("TF_CONFIG") else
+                "mirrored" if n_gpus > 1 or cpu_replicas > 1 else "one_device")
+    if name == "multi_worker":  # must come before anything starts TensorFlow's runtime
+        if not os.environ.get("TF_CONFIG"):
+            raise InputError("--strategy multi_worker needs TF_CONFIG describing the cluster "
+                             "(see docs/multi_gpu.md)")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cpu_replicas > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        try:
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
+        except RuntimeError:
+            raise InputError("cpu_replicas must be set before TensorFlow starts (call "
+                             "make_strategy first)") from None
+    if name == "one_device":
+        return tf.distribute.OneDeviceStrategy("/gpu:0" if n_gpus else "/cpu:0")
+    if name == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
+    raise InputError(f"unknown strategy {name!r}: auto, one_device, mirrored or multi_worker")
+
+
+def is_chief() -> bool:
+    """Whether this process writes checkpoints, logs and splits: always, unless TF_CONFIG names
+    another task the chief (the "chief" task, else worker 0)."""
+    config = os.environ.get("TF_CONFIG")
+    if not config:
+        return True
+    try:
+        config = json.loads(config)
+        task, cluster = config.get("task", {}), config.get("cluster", {})
+    except (ValueError, AttributeError):
+        raise InputError("TF_CONFIG is not valid JSON with 'cluster' and 'task' "
+                         "(see docs/multi_gpu.md)") from None
+    if task.get("type") == "chief":
+        return True
+    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 matrix units (AMX or AVX-512 BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def set_precision(precision: str = "auto") -> str:
+    """Set Keras' global dtype policy; returns the policy name. "auto": mixed_float16 with a
+    GPU, mixed_bfloat16 on a CPU with bfloat16 units, float32 otherwise."""
+    if precision == "auto":
+        tf = _tensorflow()
+        has_gpu = (bool(tf.config.list_physical_devices("GPU")) if tf is not None
+                   else any(d.platform == "gpu" for d in _jax_devices()))
+        precision = ("mixed_float16" if has_gpu else
+                     "mixed_bfloat16" if cpu_has_bfloat16() else "float32")
+    if precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
+        raise InputError(f"unknown precision {precision!r}: auto, float32, mixed_float16 or "
+                         "mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(precision)
+    return precision
+
+
+def _jax_devices():
+    import jax
+    return jax.devices()
+
+
+# --------------------------------------------------------------------------- the resumable loop
+
+def _multi_worker_workarounds(model: keras.Model, batch) -> None:
+    """Work around keras-team/keras#20585 (Keras 3 fit under MultiWorkerMirroredStrategy):
+    - before training Keras averages a distributed batch in eager mode to build the metrics and
+      optimizer, which the collective strategy cannot do: build them from one local batch;
+    - each step's logged metrics (scalars) are averaged over workers along axis 0, which scalars
+      do not have: average them as scalars."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+    from keras.src import tree
+
+    def build(iterator=None, data_batch=None):
+        with model.distribute_strategy.scope():
+            model._symbolic_build(data_batch=batch)  # noqa: SLF001 - see above
+
+    model._maybe_symbolic_build = build  # noqa: SLF001
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "unet3d_workaround", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+                strategy):  # noqa: SLF001
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.unet3d_workaround = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+@dataclasses.dataclass
+class RunResult:
+    history: list[dict]
+    epochs_done: int
+    resumed_from: int
+    stopped_by_nan: bool = False
+
+
+def run_training(build_model: Callable[[], keras.Model], training_data, validation_data,
+                 model_file: str | os.PathLike, training_log: str | os.PathLike, n_epochs: int,
+                 schedule: Callable[[int], float] | None = None,
+                 callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
+                 verbose: int | str = "auto") -> RunResult:
+    """Train (or resume) a run; returns the whole run's per-epoch logs.
+
+    Args:
+        build_model: returns a new compiled model (called inside the strategy's scope).
+        training_data, validation_data: datasets with an `epoch` attribute (unet3d.generator);
+            validation_data may be None.
+        model_file: the best model (`.keras`); the run folder is `<model_file>.run/`.
+        training_log: CSV log, one row per epoch.
+        n_epochs: total epochs of the run (a finished run returns at once).
+        schedule: epoch -> learning rate (None: the optimizer's rate, or a plateau callback).
+        callbacks: more callbacks (ReduceLROnPlateau and EarlyStopping counters are resumed).
+        strategy: a tf.distribute strategy or None.
+    """
+    model_file = Path(model_file)
+    run_dir = model_file.with_name(model_file.name + ".run")
+    chief = is_chief()
+    state = RunCheckpoint.load_state(run_dir)
+    log = get_logger()
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        if state is None:
+            model = build_model()
+            start = 0
+        else:
+            start = int(state["epochs_done"])
+            last = run_dir / "last.keras"
+            log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs, last)
+            model = load_old_model(last)
+    monitor = "val_loss" if validation_data is not None else "loss"
+    checkpoint = RunCheckpoint(run_dir, model_file, training_log, monitor, callbacks, chief)
+    checkpoint.write_csv()
+    if start >= n_epochs:
+        log.info("%s: all %d epochs are done", model_file, n_epochs)
+        return RunResult(checkpoint.state["history"], start, start)
+    tf = _tensorflow()
+    if tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _multi_worker_workarounds(model, training_data[0])
+    nan_guard = NaNGuard()
+    all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, checkpoint]
+    if schedule is not None:
+        all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
+    model.fit(training_data, validation_data=validation_data, epochs=n_epochs, initial_epoch=start,
+              callbacks=all_callbacks, verbose=verbose)
+    return RunResult(checkpoint.state["history"], checkpoint.state["epochs_done"], start,
+                     stopped_by_nan=hasattr(nan_guard, "message"))
