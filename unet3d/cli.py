@@ -33,6 +33,8 @@ def define_training_flags(presets: tuple[str, ...]) -> None:
     flags.DEFINE_integer("validation_batch_size", None, "Global validation batch.")
     flags.DEFINE_list("patch_shape", None, "Training patch, e.g. 64,64,64 (paper 128,128,128); "
                       "'none' for whole images.")
+    flags.DEFINE_list("image_shape", None, "Build --data_file resampled to this shape (legacy "
+                      "128,128,128; 'none': brain-cropped at native resolution, the paper).")
     flags.DEFINE_float("initial_learning_rate", None, "Adam learning rate (paper 5e-4).")
     flags.DEFINE_enum("lr_schedule", None, list(SCHEDULES), "Learning-rate schedule (paper "
                       "exponential: lr * 0.985**epoch; legacy plateau).")
@@ -76,6 +78,9 @@ def config_from_flags() -> TrainConfig:
         overrides.update(patch_shape=None, random_patches=False)
     elif patch is not None:
         overrides["patch_shape"] = patch
+    image = _shape(FLAGS.image_shape, "image_shape")
+    if image is not None:
+        overrides["image_shape"] = None if image == "none" else image
     overrides.update(precision=FLAGS.precision, strategy=FLAGS.strategy,
                      cpu_replicas=FLAGS.cpu_replicas)
     return preset(FLAGS.preset, **overrides)

@@ -8,8 +8,10 @@ travels as a `Geometry`; `Geometry.affine` is the RAS voxel-to-world matrix niba
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +165,19 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.umask(umask)
     os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
     os.replace(tmp, path)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `temporary_path` made for `path` that a killed process left
+    behind (only call it when no other process may be writing `path`); returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.partial*"))
+    for tmp in stale:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+    return stale
 
 
 @contextlib.contextmanager

@@ -116,7 +116,7 @@ def check_config(config: TrainConfig) -> None:
             raise InputError(f"{flag} {shape}: need three positive sizes such as 128,128,128")
     divisor = _divisor(config)
     if sample is not None and any(n % divisor for n in sample):
-        raise InputError(f"patch shape {tuple(sample)}: every size must be divisible by "
+        raise InputError(f"--patch_shape {tuple(sample)}: every size must be divisible by "
                          f"{divisor} for the {config.model} model (e.g. 128,128,128 or 64,64,64)")
     if sample is None and config.batch_size > 1:
         raise InputError("whole native-resolution cases differ in shape: give --patch_shape or "

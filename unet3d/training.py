@@ -34,7 +34,7 @@ import keras
 import numpy as np
 
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
+from unet3d.io import atomic_write, remove_stale_temporaries
 from unet3d.logs import get_logger
 from unet3d.model.saving import load_old_model
 
@@ -138,6 +138,7 @@ def train_model(model: keras.Model, model_file: str | os.PathLike, training_gene
     """The port's `train_model`: `model.fit` with `get_callbacks` (log in training.log)."""
     return model.fit(training_generator, steps_per_epoch=steps_per_epoch, epochs=n_epochs,
                      validation_data=validation_generator, validation_steps=validation_steps,
+                     shuffle=False,
                      callbacks=get_callbacks(model_file, initial_learning_rate, learning_rate_drop,
                                              learning_rate_epochs, learning_rate_patience,
                                              early_stopping_patience=early_stopping_patience))
@@ -223,6 +224,8 @@ class RunCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
+        if not math.isfinite(float(logs.get("loss", 0.0))):
+            return  # stopped by NaNGuard: keep the last good checkpoint, redo this epoch
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {"epoch": epoch, **{k: _to_json(v) for k, v in logs.items()}}
         value = logs.get(self.monitor)
@@ -423,6 +426,9 @@ def run_training(build_model: Callable[[], keras.Model], training_data, validati
             model = load_old_model(last)
     monitor = "val_loss" if validation_data is not None else "loss"
     checkpoint = RunCheckpoint(run_dir, model_file, training_log, monitor, callbacks, chief)
+    if chief:  # saves a killed run was making
+        for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
+            remove_stale_temporaries(path)
     checkpoint.write_csv()
     if start >= n_epochs:
         log.info("%s: all %d epochs are done", model_file, n_epochs)
@@ -434,7 +440,9 @@ def run_training(build_model: Callable[[], keras.Model], training_data, validati
     all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, checkpoint]
     if schedule is not None:
         all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
+    # shuffle=False: Keras would reorder each epoch's batches with an unseeded generator; the
+    # datasets already draw their order from (seed, epoch).
     model.fit(training_data, validation_data=validation_data, epochs=n_epochs, initial_epoch=start,
-              callbacks=all_callbacks, verbose=verbose)
+              callbacks=all_callbacks, verbose=verbose, shuffle=False)
     return RunResult(checkpoint.state["history"], checkpoint.state["epochs_done"], start,
                      stopped_by_nan=hasattr(nan_guard, "message"))
