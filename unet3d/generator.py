@@ -19,6 +19,7 @@ processes; each opens its own store handle (`DataStore`), so no HDF5 handle cros
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pickle
@@ -37,8 +38,8 @@ from unet3d.errors import InputError
 from unet3d.io import atomic_write
 from unet3d.labels import encode_targets, get_multi_class_labels  # noqa: F401 - the port's name
 from unet3d.logs import get_logger
-from unet3d.utils.patches import (compute_patch_indices, foreground_locations,
-                                  get_patch_from_3d_data, random_patch_corner)
+from unet3d.utils.patches import (compute_patch_indices, edge_pad_region, foreground_locations,
+                                  get_patch_from_3d_data, patch_region, random_patch_corner)
 
 DataFile = str | os.PathLike | DataStore
 
@@ -258,8 +259,8 @@ class PatchListDataset(_StoreDataset):
         self._check_shapes()
         self._fixed = None if self.patch_start_offset is not None else self._list_samples(None)
         self._samples = self._epoch_samples()
-        self._length = get_number_of_steps(len(self._samples), self.batch_size)
-        self._n_samples = len(self._samples)
+        self._n_samples = len(self._samples)  # fixed: Keras reads the length once
+        get_number_of_steps(self._n_samples, self.batch_size)  # 0 samples: a clear error
 
     def _check_shapes(self) -> None:
         shapes = {self.store.case_shape(c) for c in self.case_indices}
@@ -313,7 +314,7 @@ class PatchListDataset(_StoreDataset):
         self._samples = [samples[k % len(samples)] for k in range(self._n_samples)]
 
     def __len__(self) -> int:
-        return self._length
+        return math.ceil(self._n_samples / self.batch_size)
 
     @property
     def samples(self) -> list[tuple[int, tuple[int, int, int] | None]]:
@@ -327,11 +328,15 @@ class PatchListDataset(_StoreDataset):
                             for k, (case, corner) in enumerate(chunk)])
 
     def _sample(self, case: int, corner, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        if corner is not None and self.padding == "zero":
-            image, truth = self.store.read_patch(case, corner, self.patch_shape)
-        else:
+        if corner is None:
             image, truth = self.store.read_image(case), self.store.read_truth(case)
-            image, truth = self._crop(image, corner), self._crop(truth, corner)
+        elif self.padding == "zero":
+            image, truth = self.store.read_patch(case, corner, self.patch_shape)
+        else:  # read only the covered part, edge-padded as get_patch_from_3d_data would
+            first, last = patch_region(corner, self.patch_shape, self.store.case_shape(case))
+            image, truth = self.store.read_patch(case, first, last - first)
+            image = edge_pad_region(image, first, corner, self.patch_shape)
+            truth = edge_pad_region(truth, first, corner, self.patch_shape)
         if self.augment:
             image, truth = augment_data(image, truth, self.augment_distortion_factor,
                                         self.augment_flip, rng)
@@ -406,11 +411,8 @@ class RandomPatchDataset(_StoreDataset):
         centre = corner + (np.array(self.patch_shape) - 1) / 2
         config = self.augment
         transform = sample_spatial_transform(rng, config, self.patch_shape) if config else None
-
-        def read_region(corner, region_shape):
-            return self.store.read_patch(case, corner, region_shape)
-
-        image, truth = extract_patch(read_region, shape, centre, self.patch_shape, transform)
+        image, truth = extract_patch(functools.partial(self.store.read_patch, case), shape, centre,
+                                     self.patch_shape, transform)
         if config is not None:
             image, truth = mirror(rng, config.mirror_axes, image, truth)
             augment_intensities(rng, image, config)

@@ -207,20 +207,12 @@ class RunCheckpoint(keras.callbacks.Callback):
     def last_model(self) -> Path:
         return self.run_dir / "last.keras"
 
-    def restore_callbacks(self) -> None:
-        """Give the tracked callbacks their saved counters (call after `on_train_begin`)."""
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Give the tracked callbacks their saved counters: they reset them in their own
+        `on_train_begin`, so this callback must come after them in the list."""
         for callback, saved in zip(self.tracked, self.state["callbacks"]):
             for name, value in saved.items():
                 setattr(callback, name, np.inf if value is None and name == "best" else value)
-
-    def on_train_begin(self, logs: dict | None = None) -> None:
-        self.restore_callbacks_after_begin = True
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if getattr(self, "restore_callbacks_after_begin", False):
-            # Keras resets the counters in on_train_begin; put the saved ones back once.
-            self.restore_callbacks()
-            self.restore_callbacks_after_begin = False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
@@ -412,20 +404,18 @@ def run_training(build_model: Callable[[], keras.Model], training_data, validati
     model_file = Path(model_file)
     run_dir = model_file.with_name(model_file.name + ".run")
     chief = is_chief()
-    state = RunCheckpoint.load_state(run_dir)
     log = get_logger()
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
-        if state is None:
-            model = build_model()
-            start = 0
-        else:
-            start = int(state["epochs_done"])
-            last = run_dir / "last.keras"
-            log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs, last)
-            model = load_old_model(last)
     monitor = "val_loss" if validation_data is not None else "loss"
     checkpoint = RunCheckpoint(run_dir, model_file, training_log, monitor, callbacks, chief)
+    start = int(checkpoint.state["epochs_done"])
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        if start == 0:
+            model = build_model()
+        else:
+            log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs,
+                     checkpoint.last_model)
+            model = load_old_model(checkpoint.last_model)
     if chief:  # saves a killed run was making
         for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
             remove_stale_temporaries(path)

@@ -101,20 +101,37 @@ def get_patch_from_3d_data(data: np.ndarray, patch_shape: IntOrSequence,
         raise InputError(f"data must be (X, Y, Z) or (X, Y, Z, C), got shape {data.shape}")
     if min(data.shape[:3]) == 0:
         raise InputError(f"data has an empty spatial axis (shape {data.shape}); nothing to read")
+    first, last = patch_region(patch_index, patch_shape, data.shape[:3])
+    region = data[tuple(slice(f, l) for f, l in zip(first, last))]
+    return edge_pad_region(region, first, patch_index, patch_shape)
+
+
+def patch_region(patch_index: Sequence[int], patch_shape: IntOrSequence,
+                 volume_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The part [first, last) of a volume that the patch at `patch_index` reads, per axis: its
+    overlap with the volume, or the nearest voxel on an axis where it lies wholly outside."""
     patch = _positive(patch_shape, "patch_shape")
     corner = _per_axis(patch_index, "patch_index")
-    region, widths = [], []
-    for low, length, size in zip(corner, patch, data.shape[:3]):
-        # Read [first, last) of the volume, clamped so that at least the nearest voxel is read.
-        first = min(max(low, 0), size - 1)
-        last = max(min(low + length, size), first + 1)
-        before = min(max(first - low, 0), length - (last - first))
-        region.append(slice(first, last))
-        widths.append((before, length - before - (last - first)))
-    widths += [(0, 0)] * (data.ndim - 3)
+    size = np.asarray(volume_shape[:3], dtype=int)
+    first = np.minimum(np.maximum(corner, 0), size - 1)
+    last = np.maximum(np.minimum(corner + patch, size), first + 1)
+    return first, last
+
+
+def edge_pad_region(region: np.ndarray, first: Sequence[int], patch_index: Sequence[int],
+                    patch_shape: IntOrSequence) -> np.ndarray:
+    """The patch at `patch_index` from `region`, the part of the volume starting at `first` that
+    `patch_region` names, edge-padded where the patch leaves the volume (a new array)."""
+    patch = _positive(patch_shape, "patch_shape")
+    corner = _per_axis(patch_index, "patch_index")
+    widths = []
+    for low, length, start, extent in zip(corner, patch, first, region.shape[:3]):
+        before = min(max(start - low, 0), length - extent)
+        widths.append((before, length - before - extent))
+    widths += [(0, 0)] * (region.ndim - 3)
     if not any(any(pair) for pair in widths):
-        return data[tuple(region)].copy()
-    return np.pad(data[tuple(region)], widths, mode="edge")
+        return region.copy()
+    return np.pad(region, widths, mode="edge")
 
 
 def reconstruct_from_patches(patches: Sequence[np.ndarray] | np.ndarray,
