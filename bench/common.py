@@ -8,6 +8,9 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import keras
+import numpy as np
+
 from unet3d.brats import MODALITIES, find_cases
 from unet3d.synthetic import make_synthetic_brats
 
@@ -31,3 +34,17 @@ def synthetic_cases(work: Path, n_cases: int, shape: Sequence[int], seed: int
     make_synthetic_brats(work / "cases", n_cases=n_cases, shape=shape, seed=seed, overwrite=True)
     cases = find_cases(work / "cases")
     return [case.files(MODALITIES) for case in cases], [case.name for case in cases]
+
+
+def conv_flops(model: keras.Model) -> float:
+    """Forward-pass convolution FLOPs of one sample, from the layer shapes of a fixed-size model."""
+    total = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv3D):
+            voxels = np.prod(layer.output.shape[1:-1])
+        elif isinstance(layer, keras.layers.Conv3DTranspose):
+            voxels = np.prod(layer.input.shape[1:-1])
+        else:
+            continue
+        total += 2.0 * np.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters * voxels
+    return total

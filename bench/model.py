@@ -29,6 +29,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
+from common import conv_flops
 from unet3d.model import isensee2017_model
 
 FLAGS = flags.FLAGS
@@ -42,20 +43,6 @@ flags.DEFINE_integer("curve_size", 128, "Input size of the loss-curve run.")
 flags.DEFINE_integer("curve_steps", 10, "Training steps of the loss-curve run.")
 flags.DEFINE_integer("seed", 0, "Seed of the weights and of the synthetic data.")
 flags.DEFINE_bool("quick", False, "64^3, batch 1, 2 timed steps, 5-step loss curves at 32^3.")
-
-
-def conv_flops(model: keras.Model) -> float:
-    """Forward-pass convolution FLOPs of one sample, from the layer shapes of a fixed-size model."""
-    total = 0.0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv3D):
-            voxels = np.prod(layer.output.shape[1:-1])
-        elif isinstance(layer, keras.layers.Conv3DTranspose):
-            voxels = np.prod(layer.input.shape[1:-1])
-        else:
-            continue
-        total += 2.0 * np.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters * voxels
-    return total
 
 
 def build(size: int, policy: str) -> keras.Model:

@@ -113,7 +113,7 @@ def normalize_modality(image: np.ndarray, mask: np.ndarray, clip: float = CLIP) 
     return out.astype(np.float32)
 
 
-def _resampling_grid(geometry: Geometry, start: np.ndarray, stop: np.ndarray,
+def resampled_grid(geometry: Geometry, start: np.ndarray, stop: np.ndarray,
                      image_shape: Sequence[int]) -> Geometry:
     """The grid of `image_shape` voxels covering the box [start, stop) of `geometry` edge to edge."""
     spacing_in = np.asarray(geometry.spacing)
@@ -238,7 +238,7 @@ class StoreWriter:
             labels[(0, *region)] = truth
             self._truth.append(labels)
         geometry = info.original
-        stored_grid = (_resampling_grid(geometry, np.asarray(info.crop_start),
+        stored_grid = (resampled_grid(geometry, np.asarray(info.crop_start),
                                         np.asarray(info.crop_stop), shape)
                        if info.resampled else geometry.cropped(info.crop_start, info.crop_stop))
         self._affine.append(stored_grid.affine[np.newaxis])
@@ -278,7 +278,7 @@ def _header_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     return tuple(int(n) for n in reader.GetSize())
 
 
-def _prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels: int,
+def prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels: int,
                   with_truth: bool, labels: Sequence[int], image_shape: Sequence[int] | None,
                   normalize: bool, crop_to_brain: bool) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
     """Read one case's files and bring it to the store's space: (image, truth, info)."""
@@ -305,7 +305,7 @@ def _prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channel
                 raise InputError(f"case {subject_id}: {Path(path).name}: {error}") from None
         images = normalized
     if legacy:
-        target = _resampling_grid(geometry, start, stop, image_shape)
+        target = resampled_grid(geometry, start, stop, image_shape)
         images = [resample(image, geometry, target) for image in images]
         if truth is not None:
             truth = resample(truth, geometry, target, sitk.sitkNearestNeighbor)
@@ -367,7 +367,7 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     dtype = np.uint16 if normalize else np.float32
     with StoreWriter(out_file, n_channels, spatial_shape, with_truth, dtype, attributes) as writer:
         for index, (case, name) in enumerate(zip(files, names)):
-            image, truth, info = _prepare_case(case, name, n_channels, with_truth, labels,
+            image, truth, info = prepare_case(case, name, n_channels, with_truth, labels,
                                                image_shape, normalize, crop)
             writer.append(image, truth, info)
             progress(f"[{index + 1}/{len(files)}] {name}: stored {info.shape}")

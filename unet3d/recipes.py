@@ -16,6 +16,7 @@ from typing import Sequence
 import keras
 
 from unet3d.augment import AugmentConfig
+from unet3d.brats import MODALITIES
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.generator import (PatchListDataset, RandomPatchDataset, get_validation_split)
@@ -24,6 +25,7 @@ from unet3d.losses import BCEDiceLoss, SoftDiceLoss
 from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss,
                             region_dice_metrics, weighted_dice_coefficient_loss)
 from unet3d.model import isensee2017_model, unet_model_3d
+from unet3d.prediction import save_settings
 from unet3d.training import (RunResult, is_chief, make_schedule, make_strategy, run_training,
                              set_precision)
 
@@ -228,6 +230,9 @@ def train(config: TrainConfig) -> RunResult:
     store = ensure_store(config, chief)
     labels = tuple(config.labels or store.labels or (1, 2, 4))
     config = dataclasses.replace(config, labels=labels)
+    if chief:  # how the model was trained, for brats/predict.py
+        save_settings(config.model_file, {**dataclasses.asdict(config),
+                                          "modalities": list(store.modalities or MODALITIES)})
     train_data, valid_data = make_datasets(config, store, config.batch_size, validation_batch,
                                            chief)
     log.info("training %s: %d replicas, global batch %d, precision %s, %d batches per epoch, "

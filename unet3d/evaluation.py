@@ -1,0 +1,564 @@
+"""Evaluation of BraTS segmentations: Dice, HD95, sensitivity and specificity per tumour region.
+
+Regions are the nested BraTS regions of `unet3d.labels`: whole tumour (WT, every tumour label),
+tumour core (TC, NCR/NET + ET) and enhancing tumour (ET). Every metric compares two boolean masks
+of one region, truth first, and is computed over the whole image without smoothing.
+
+Conventions (the BraTS ones; no metric is ever NaN, so CSVs and summaries stay usable):
+
+- Dice `2|T & P| / (|T| + |P|)`: 1 when truth and prediction are both empty, 0 when only one is.
+- Sensitivity `|T & P| / |T|`: with an empty truth, 1 if the prediction is empty too, else 0
+  (a prediction of a region that is absent is penalised as Dice penalises it).
+- Specificity `|~T & ~P| / |~T|`: the same rule on the background, i.e.
+  `specificity(t, p) == sensitivity(~t, ~p)`; with a truth covering the whole image (no
+  background), 1 if the prediction covers it too, else 0.
+- HD95 (mm): the 95th percentile of the distances from each surface voxel of one mask to the
+  nearest surface voxel of the other, both directions pooled (as `medpy.metric.binary.hd95`).
+  0 when both masks are empty, `HD95_EMPTY` (373.13 mm, the diagonal of the BraTS image) when
+  only one is.
+
+`evaluate_folder` scores a folder of predictions `<case>.nii.gz` against the BraTS truths and
+writes `scores.csv`, `summary.csv`, `boxplot.png`, optionally `loss_graph.png` and per-case
+`overlays/<case>.png`. Figures are drawn on `matplotlib.figure.Figure` objects (the Agg renderer,
+no pyplot): nothing is displayed, no backend is switched, and no figure outlives its function.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from scipy import ndimage
+
+from unet3d.brats import NIFTI_EXTENSIONS, classify_file, find_cases
+from unet3d.errors import InputError
+from unet3d.io import atomic_write, read_nifti
+from unet3d.labels import DEFAULT_LABELS, REGION_NAMES, brats_regions
+from unet3d.logs import get_logger
+
+#: HD95 (mm) when exactly one of truth and prediction is empty: the BraTS image diagonal.
+HD95_EMPTY = 373.13
+
+#: Metrics per region, in the column order of `scores.csv`.
+METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
+
+#: Score columns of `scores.csv` and `summary.csv` after the first: `wt_dice`, `wt_hd95`, ...
+SCORE_COLUMNS: tuple[str, ...] = tuple(f"{r}_{m}" for r in REGION_NAMES for m in METRICS)
+
+#: Rows of `summary.csv`: mean, (population) standard deviation, median, 25th/75th percentile.
+STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q1", "q3")
+
+# Probability maps that brats/predict.py --probabilities writes beside <case>.nii.gz.
+_PROBABILITY_MAP = re.compile(r"_(wt|tc|et|label_\d+)$")
+
+# Contour colours of the overlays and line styles of the regions.
+TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "magenta"
+REGION_STYLES = {"wt": "solid", "tc": "dashed", "et": "dotted"}
+
+
+# --------------------------------------------------------------------------- metrics
+
+def _pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    truth, pred = np.asarray(truth, dtype=bool), np.asarray(pred, dtype=bool)
+    if truth.shape != pred.shape:
+        raise InputError(f"truth shape {truth.shape} and prediction shape {pred.shape} differ")
+    return truth, pred
+
+
+def region_masks(label_map: np.ndarray, labels: Sequence[int] = DEFAULT_LABELS,
+                 name: str = "label map") -> dict[str, np.ndarray]:
+    """Boolean masks of the BraTS regions of an integer label map.
+
+    Args:
+        label_map: label values of any shape, e.g. (x, y, z).
+        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4), or (1, 2, 3) from BraTS 2023 on.
+        name: how an error names `label_map` (e.g. its file).
+
+    Returns:
+        {"wt": mask, "tc": mask, "et": mask}, bool arrays of `label_map`'s shape.
+
+    Raises:
+        InputError: when `label_map` holds values other than 0 and `labels`.
+    """
+    regions = brats_regions(labels)
+    allowed = {0, *regions["wt"]}
+    unknown = [float(v) for v in np.unique(label_map) if float(v) not in allowed]
+    if unknown:
+        unknown = [int(v) if v.is_integer() else v for v in unknown]
+        if 3 in unknown and 4 in regions["wt"]:
+            hint = " (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
+        elif 4 in unknown and 3 in regions["wt"]:
+            hint = " (BraTS up to 2021 use 4 for enhancing tumour: use labels 1, 2, 4)"
+        else:
+            hint = ""
+        raise InputError(f"{name} holds label values {unknown} outside the expected "
+                         f"(0, {', '.join(map(str, regions['wt']))}){hint}")
+    return {region: np.isin(label_map, values) for region, values in regions.items()}
+
+
+def dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Dice `2|T & P| / (|T| + |P|)` of two masks of one shape (nonzero = inside).
+
+    1.0 when both are empty, 0.0 when only one is.
+    """
+    truth, pred = _pair(truth, pred)
+    total = np.count_nonzero(truth) + np.count_nonzero(pred)
+    if total == 0:
+        return 1.0
+    return 2.0 * np.count_nonzero(truth & pred) / total
+
+
+def sensitivity(truth: np.ndarray, pred: np.ndarray) -> float:
+    """True positive rate `|T & P| / |T|` of two masks of one shape (nonzero = inside).
+
+    With an empty truth: 1.0 if the prediction is empty too, else 0.0.
+    """
+    truth, pred = _pair(truth, pred)
+    positives = np.count_nonzero(truth)
+    if positives == 0:
+        return 0.0 if pred.any() else 1.0
+    return np.count_nonzero(truth & pred) / positives
+
+
+def specificity(truth: np.ndarray, pred: np.ndarray) -> float:
+    """True negative rate `|~T & ~P| / |~T|` over the whole image, masks of one shape.
+
+    With no background in the truth: 1.0 if the prediction has none either, else 0.0 (the
+    sensitivity rule applied to the background: `sensitivity(~truth, ~pred)`).
+    """
+    truth, pred = _pair(truth, pred)
+    return sensitivity(~truth, ~pred)
+
+
+def surface_voxels(mask: np.ndarray) -> np.ndarray:
+    """The voxels of a 3D mask with a 6-connected neighbour outside it (mask minus its 6-connected
+    erosion); mask voxels on the array border count as surface. Bool, `mask`'s shape."""
+    mask = np.asarray(mask, dtype=bool)
+    structure = ndimage.generate_binary_structure(3, 1)
+    return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    box = []
+    for axis in range(mask.ndim):
+        occupied = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(occupied[0] - margin, 0),
+                         min(occupied[-1] + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def hausdorff95(truth: np.ndarray, pred: np.ndarray,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
+    """95th percentile Hausdorff distance in mm between two 3D masks of one shape.
+
+    The distances from every surface voxel (`surface_voxels`) of each mask to the nearest surface
+    voxel of the other, measured between voxel centres with `spacing` (mm per voxel along each
+    axis), are pooled (both directions together) and their 95th percentile taken (`np.percentile`,
+    linear interpolation). 0.0 when both masks are empty, `HD95_EMPTY` when only one is.
+
+    Only the joint bounding box of the masks (plus one voxel) is processed, so BraTS-sized images
+    cost little; the result is exactly that of the whole image: every voxel of either mask lies in
+    the box and the box has a one-voxel margin of background (or the image border, which the
+    erosion treats as background either way), so the surfaces are the same; the exact Euclidean
+    distance transform of the complement of one surface gives each voxel its distance to the
+    nearest surface voxel, all of which lie in the box, whatever the size of the array around them.
+    """
+    truth, pred = _pair(truth, pred)
+    if len(spacing) != truth.ndim:
+        raise InputError(f"spacing {tuple(spacing)}: need one value per axis of shape "
+                         f"{truth.shape}")
+    has_truth, has_pred = truth.any(), pred.any()
+    if not has_truth and not has_pred:
+        return 0.0
+    if not has_truth or not has_pred:
+        return HD95_EMPTY
+    box = _bounding_box(truth | pred, margin=1)
+    truth_surface, pred_surface = surface_voxels(truth[box]), surface_voxels(pred[box])
+    to_truth = ndimage.distance_transform_edt(~truth_surface, sampling=spacing)
+    to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=spacing)
+    distances = np.concatenate([to_pred[truth_surface], to_truth[pred_surface]])
+    return float(np.percentile(distances, 95))
+
+
+def evaluate_case(truth_labels: np.ndarray, pred_labels: np.ndarray,
+                  spacing: Sequence[float] = (1.0, 1.0, 1.0),
+                  labels: Sequence[int] = DEFAULT_LABELS,
+                  names: tuple[str, str] = ("truth", "prediction")) -> dict[str, dict[str, float]]:
+    """Scores of one case per region.
+
+    Args:
+        truth_labels: BraTS label map (x, y, z).
+        pred_labels: predicted label map of the same shape.
+        spacing: voxel size in mm along (x, y, z), for HD95.
+        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4) or (1, 2, 3) (BraTS 2023 on).
+        names: how errors name the truth and the prediction (e.g. their files).
+
+    Returns:
+        {"wt": {"dice": ..., "hd95": ..., "sensitivity": ..., "specificity": ...}, "tc": ...,
+        "et": ...}, plain floats.
+
+    Raises:
+        InputError: when the shapes differ or a map holds values other than 0 and `labels`.
+    """
+    if np.shape(truth_labels) != np.shape(pred_labels):
+        raise InputError(f"{names[0]} (shape {np.shape(truth_labels)}) and {names[1]} "
+                         f"(shape {np.shape(pred_labels)}) differ in shape")
+    truth = region_masks(truth_labels, labels, names[0])
+    pred = region_masks(pred_labels, labels, names[1])
+    return {region: {"dice": dice(truth[region], pred[region]),
+                     "hd95": hausdorff95(truth[region], pred[region], spacing),
+                     "sensitivity": sensitivity(truth[region], pred[region]),
+                     "specificity": specificity(truth[region], pred[region])}
+            for region in REGION_NAMES}
+
+
+def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
+    """Statistics of the score columns over cases.
+
+    Args:
+        rows: one mapping per case holding the `SCORE_COLUMNS` (`wt_dice`, ..., as the rows
+            `evaluate_folder` returns; other keys such as "case" are ignored).
+
+    Returns:
+        {statistic: {column: value}} for the `STATISTICS` mean, std (population, ddof=0, so one
+        case gives 0), median, q1 and q3 (25th and 75th percentiles, linear interpolation).
+    """
+    if not rows:
+        raise InputError("no cases to summarize")
+    values = np.array([[float(row[column]) for column in SCORE_COLUMNS] for row in rows])
+    statistics = {"mean": values.mean(axis=0), "std": values.std(axis=0),
+                  "median": np.median(values, axis=0),
+                  "q1": np.percentile(values, 25, axis=0), "q3": np.percentile(values, 75, axis=0)}
+    return {name: dict(zip(SCORE_COLUMNS, map(float, statistics[name]))) for name in STATISTICS}
+
+
+def format_summary(rows: Sequence[Mapping[str, float]]) -> str:
+    """A text table of the mean and standard deviation of Dice and HD95 per region over `rows`."""
+    summary = summarize(rows)
+    mean, std = summary["mean"], summary["std"]
+    lines = [f"{len(rows)} case(s)",
+             f"{'region':<8}{'Dice mean':>10}{'(std)':>8}{'HD95 mm mean':>14}{'(std)':>8}"]
+    for region in REGION_NAMES:
+        dice_key, hd_key = f"{region}_dice", f"{region}_hd95"
+        lines.append(f"{region.upper():<8}{mean[dice_key]:>10.3f}{std[dice_key]:>8.3f}"
+                     f"{mean[hd_key]:>14.2f}{std[hd_key]:>8.2f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- folders
+
+def _nifti_stem(name: str) -> str | None:
+    for extension in NIFTI_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return None
+
+
+def _is_image_file(name: str) -> bool:
+    found = classify_file(name)
+    return found is not None and found[0] != "label"
+
+
+def _truth_cases(truth_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(truth file per case, FLAIR file per case) of a truth folder, sorted by case."""
+    if not truth_dir.is_dir():
+        raise InputError(f"{truth_dir}: no such folder; pass the folder holding the truths")
+    truths: dict[str, Path] = {}
+    flairs: dict[str, Path] = {}
+    # Case folders (any BraTS release, or this package's preprocessed <case>/truth.nii.gz).
+    if any(_is_image_file(path.name) for path in truth_dir.rglob("*.nii*")):
+        for case in find_cases(truth_dir):
+            if case.label is not None:
+                truths[case.name] = case.label
+                if "flair" in case.images:
+                    flairs[case.name] = case.images["flair"]
+    # Label files alone in the folder: <case>_seg.nii.gz, <case>-seg.nii.gz.
+    for path in sorted(truth_dir.iterdir()):
+        found = classify_file(path.name)
+        if path.is_file() and found is not None and found[0] == "label":
+            case = found[2].rstrip("_-.")
+            if case and case not in truths:
+                truths[case] = path
+    if not truths:
+        raise InputError(f"{truth_dir}: no truth label files found; expected BraTS case folders "
+                         "<case>/<case>_seg.nii.gz (or <case>-seg.nii.gz, or preprocessed "
+                         "<case>/truth.nii.gz) or files <case>_seg.nii.gz in the folder itself")
+    return dict(sorted(truths.items())), flairs
+
+
+def find_truth_files(truth_dir: str | os.PathLike) -> dict[str, Path]:
+    """The truth label file of each case under `truth_dir`, {case: path} sorted by case.
+
+    Layouts: BraTS case folders `<case>/<case>_seg.nii.gz` (any release's naming: `-seg` for
+    BraTS 2023, `GlistrBoost` for 2017, `HGG/` and `LGG/` sub-folders; found with
+    `unet3d.brats.find_cases`), this package's preprocessed `<case>/truth.nii.gz`, or label files
+    directly in the folder: `<case>_seg.nii.gz`, `<case>-seg.nii.gz` (or `.nii`).
+
+    Raises:
+        InputError: when `truth_dir` does not exist or holds no label file.
+    """
+    return _truth_cases(Path(truth_dir))[0]
+
+
+def _is_probability_map(name: str, cases: Mapping[str, Path]) -> bool:
+    match = _PROBABILITY_MAP.search(name)
+    return match is not None and name[: match.start()] in cases
+
+
+def find_prediction_files(prediction_dir: str | os.PathLike) -> dict[str, Path]:
+    """The predictions `<prediction_dir>/<case>.nii.gz` (or `.nii`), {case: path} sorted by case.
+
+    The probability maps `<case>_{wt,tc,et}.nii.gz` (or `<case>_label_<value>.nii.gz`) that
+    brats/predict.py --probabilities writes beside `<case>.nii.gz` are not predictions: skipped.
+
+    Raises:
+        InputError: when the folder does not exist, holds no prediction, or two files for a case.
+    """
+    prediction_dir = Path(prediction_dir)
+    if not prediction_dir.is_dir():
+        raise InputError(f"{prediction_dir}: no such folder; pass the folder holding the "
+                         "predictions <case>.nii.gz (written by brats/predict.py)")
+    predictions: dict[str, Path] = {}
+    for path in sorted(prediction_dir.iterdir()):
+        case = _nifti_stem(path.name)
+        if case is None or path.name.startswith(".") or not path.is_file():
+            continue
+        if case in predictions:
+            raise InputError(f"case {case}: two predictions, {predictions[case].name} and "
+                             f"{path.name} in {prediction_dir}; keep one of them")
+        predictions[case] = path
+    predictions = {case: path for case, path in predictions.items()
+                   if not _is_probability_map(case, predictions)}
+    if not predictions:
+        raise InputError(f"{prediction_dir}: no predictions found; expected one label map "
+                         "<case>.nii.gz per case, as brats/predict.py writes them")
+    return predictions
+
+
+def _log_case(index: int, n_cases: int, case: str, row: Mapping[str, float]) -> None:
+    scores = " ".join(f"{region.upper()} {row[f'{region}_dice']:.3f}" for region in REGION_NAMES)
+    get_logger().info(f"[{index}/{n_cases}] {case}: {scores}")
+
+
+def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathLike,
+                    output_dir: str | os.PathLike, labels: Sequence[int] = DEFAULT_LABELS,
+                    training_log: str | os.PathLike | None = None, overlays: bool = True,
+                    progress: Callable[[int, int, str, dict], None] | None = None,
+                    ) -> list[dict]:
+    """Score every prediction of a folder against its truth and write the reports.
+
+    Args:
+        prediction_dir: predicted label maps `<case>.nii.gz`, on the grid of the truths (the
+            native BraTS grid, as brats/predict.py writes them).
+        truth_dir: the truths, in any layout `find_truth_files` knows. Truths without a prediction
+            are skipped with a warning.
+        output_dir: where the reports go (created if needed); every file is written atomically:
+            `scores.csv` (one row per case: case, then `SCORE_COLUMNS`), `summary.csv` (one row
+            per `STATISTICS`), `boxplot.png` (Dice and HD95 per region), `loss_graph.png` (with
+            `training_log`) and `overlays/<case>.png` (with `overlays`, for the cases whose truth
+            folder holds a FLAIR image).
+        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4) or (1, 2, 3) (BraTS 2023 on).
+        training_log: the CSV log of training (columns epoch, loss and usually val_loss) to plot.
+        overlays: whether to draw the per-case overlays.
+        progress: called after each case as `progress(index, n_cases, case, row)`; by default a
+            line "[i/n] case: WT 0.912 TC 0.850 ET 0.801" (Dice) goes to the package log.
+
+    Returns:
+        One row per case, in case order: {"case": name, "wt_dice": ..., ...} (`SCORE_COLUMNS`).
+
+    Raises:
+        InputError: no prediction; a prediction without truth; a prediction and its truth on
+            different grids; unknown label values; a missing or unreadable training log.
+    """
+    output_dir = Path(output_dir)
+    predictions = find_prediction_files(prediction_dir)
+    truths, flairs = _truth_cases(Path(truth_dir))
+    without_truth = sorted(set(predictions) - set(truths))
+    if without_truth:
+        raise InputError(f"no truth in {truth_dir} for the predictions of {len(without_truth)} "
+                         f"case(s): {', '.join(without_truth)}; expected <case>/<case>_seg.nii.gz "
+                         "or <case>_seg.nii.gz there. Pass the matching --truth_dir or remove "
+                         "those predictions")
+    without_prediction = sorted(set(truths) - set(predictions))
+    if without_prediction:
+        get_logger().warning(f"{len(without_prediction)} truth(s) without a prediction in "
+                             f"{prediction_dir}, skipped: {', '.join(without_prediction)}")
+    history = read_training_log(training_log) if training_log is not None else None
+    progress = progress or _log_case
+
+    rows = []
+    for index, (case, prediction_path) in enumerate(predictions.items(), start=1):
+        truth_path = truths[case]
+        truth, truth_geometry = read_nifti(truth_path)
+        pred, pred_geometry = read_nifti(prediction_path)
+        if not pred_geometry.same_grid(truth_geometry):
+            raise InputError(
+                f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
+                f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
+                "predictions in the native space of the cases (as brats/predict.py does)")
+        scores = evaluate_case(truth, pred, truth_geometry.spacing, labels,
+                               names=(str(truth_path), str(prediction_path)))
+        row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
+                                for region in REGION_NAMES for metric in METRICS}}
+        rows.append(row)
+        if overlays and case in flairs:
+            flair, _ = read_nifti(flairs[case], dtype=np.float32)
+            if flair.shape == truth.shape:
+                plot_overlay(flair, truth, pred, labels, case, row["wt_dice"],
+                             output_dir / "overlays" / f"{case}.png")
+            else:
+                get_logger().warning(f"case {case}: no overlay, {flairs[case]} (shape "
+                                     f"{flair.shape}) and {truth_path} (shape {truth.shape}) "
+                                     "differ in shape")
+        progress(index, len(predictions), case, row)
+
+    write_scores(rows, output_dir / "scores.csv")
+    write_summary(summarize(rows), output_dir / "summary.csv")
+    plot_boxplot(rows, output_dir / "boxplot.png")
+    if history is not None:
+        plot_loss_graph(history, output_dir / "loss_graph.png", title=Path(training_log).name)
+    return rows
+
+
+# --------------------------------------------------------------------------- reports
+
+def write_scores(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
+    """Write the per-case rows as CSV (columns case, then `SCORE_COLUMNS`), atomically."""
+    path = Path(path)
+    with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["case", *SCORE_COLUMNS])
+        writer.writeheader()
+        writer.writerows({key: row[key] for key in ["case", *SCORE_COLUMNS]} for row in rows)
+
+
+def write_summary(summary: Mapping[str, Mapping[str, float]], path: str | os.PathLike) -> None:
+    """Write `summarize`'s statistics as CSV (columns statistic, then `SCORE_COLUMNS`),
+    atomically."""
+    path = Path(path)
+    with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=["statistic", *SCORE_COLUMNS])
+        writer.writeheader()
+        writer.writerows({"statistic": name, **summary[name]} for name in STATISTICS)
+
+
+def read_training_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The columns of a Keras CSV training log as float arrays ("NA" and empty cells are NaN).
+
+    Raises:
+        InputError: when the file is missing, has no epoch or loss column, no rows, or a cell
+            that is not a number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"training log {path}: file not found; pass the CSV log written during "
+                         "training (training.log) or leave the option out")
+    with open(path, newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = {"epoch", "loss"} - set(reader.fieldnames or ())
+        if missing:
+            raise InputError(f"training log {path}: no column {', '.join(sorted(missing))}; "
+                             "expected the CSV log of keras.callbacks.CSVLogger (epoch, loss, "
+                             "val_loss, ...)")
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames}
+        for row in reader:
+            if None in row:
+                raise InputError(f"training log {path}, line {reader.line_num}: more cells than "
+                                 "columns in the header")
+            for name, cell in row.items():
+                try:
+                    columns[name].append(math.nan if cell in ("", "NA", None) else float(cell))
+                except ValueError:
+                    raise InputError(f"training log {path}, line {reader.line_num}: {name} = "
+                                     f"{cell!r} is not a number") from None
+    if not columns["epoch"]:
+        raise InputError(f"training log {path}: no epoch logged yet")
+    return {name: np.array(values) for name, values in columns.items()}
+
+
+def _save(figure: Figure, path: Path) -> None:
+    with atomic_write(path, ".png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def plot_loss_graph(history: Mapping[str, np.ndarray], path: str | os.PathLike,
+                    title: str = "training log") -> None:
+    """Plot loss (and val_loss when logged) against epoch into a PNG, atomically."""
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    ax.plot(history["epoch"], history["loss"], label="training loss")
+    if "val_loss" in history:
+        ax.plot(history["epoch"], history["val_loss"], label="validation loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    figure.tight_layout()
+    _save(figure, Path(path))
+
+
+def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
+    """Box plots over cases of Dice (left) and HD95 (right) per region into a PNG, atomically."""
+    names = [region.upper() for region in REGION_NAMES]
+    figure = Figure(figsize=(9, 4))
+    dice_ax, hd95_ax = figure.subplots(1, 2)
+    for ax, metric, label in ((dice_ax, "dice", "Dice"), (hd95_ax, "hd95", "HD95 (mm)")):
+        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in REGION_NAMES])
+        ax.set_xticks(range(1, len(names) + 1), names)
+        ax.set_ylabel(label)
+        ax.grid(axis="y", alpha=0.3)
+    dice_ax.set_ylim(-0.02, 1.02)
+    figure.suptitle(f"{len(rows)} case(s)")
+    figure.tight_layout()
+    _save(figure, Path(path))
+
+
+def overlay_slice(truth_wt: np.ndarray, pred_wt: np.ndarray) -> int:
+    """The axial (z) index of the largest whole-tumour cross-section: of the truth, of the
+    prediction when the truth is empty, the middle slice when both are."""
+    for mask in (truth_wt, pred_wt):
+        areas = mask.sum(axis=(0, 1))
+        if areas.any():
+            return int(np.argmax(areas))
+    return truth_wt.shape[2] // 2
+
+
+def plot_overlay(flair: np.ndarray, truth_labels: np.ndarray, pred_labels: np.ndarray,
+                 labels: Sequence[int], case: str, wt_dice: float,
+                 path: str | os.PathLike) -> None:
+    """FLAIR slice with the truth and prediction contours of WT, TC and ET into a PNG, atomically.
+
+    The axial slice is `overlay_slice`'s; arrays are (x, y, z) on one grid. Truth contours are
+    drawn in `TRUTH_COLOUR`, prediction contours in `PREDICTION_COLOUR`, one line style per region.
+    """
+    truth = region_masks(truth_labels, labels, "truth")
+    pred = region_masks(pred_labels, labels, "prediction")
+    z = overlay_slice(truth["wt"], pred["wt"])
+    image = flair[:, :, z].T  # rows y, columns x: anterior up, patient's right on the left
+    figure = Figure(figsize=(6, 6))
+    ax = figure.subplots()
+    ax.imshow(image, cmap="gray", vmin=0, vmax=max(float(np.percentile(image, 99.5)), 1e-6))
+    handles = []
+    for region in REGION_NAMES:
+        # The truth is drawn wider than the prediction, so that both show where they agree.
+        for masks, colour, width, source in ((truth, TRUTH_COLOUR, 2.4, "truth"),
+                                             (pred, PREDICTION_COLOUR, 1.2, "prediction")):
+            section = masks[region][:, :, z].T
+            if section.any():
+                ax.contour(section.astype(np.float32), levels=[0.5], colors=colour,
+                           linestyles=REGION_STYLES[region], linewidths=width)
+            handles.append(Line2D([], [], color=colour, linestyle=REGION_STYLES[region],
+                                  linewidth=width, label=f"{source} {region.upper()}"))
+    ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
+    ax.set_title(f"{case}  z={z}  WT Dice {wt_dice:.3f}")
+    ax.axis("off")
+    figure.tight_layout()
+    _save(figure, Path(path))
