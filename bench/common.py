@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -48,3 +51,15 @@ def conv_flops(model: keras.Model) -> float:
             continue
         total += 2.0 * np.prod(layer.kernel_size) * layer.input.shape[-1] * layer.filters * voxels
     return total
+
+
+def run_child(script: str, args: dict) -> dict:
+    """Run `script --child <args as JSON>` in a fresh process (one measurement) and return the
+    dict it prints on its `RESULT ` line; stops the benchmark with the child's errors if it fails."""
+    run = subprocess.run([sys.executable, script, "--child", json.dumps(args)],
+                         capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+    if run.returncode or not lines:
+        print(run.stderr[-3000:])
+        raise SystemExit(f"measurement {args} failed")
+    return json.loads(lines[-1][len("RESULT "):])

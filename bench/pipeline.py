@@ -13,7 +13,6 @@ them alike. Prints patches/s, patches/s per worker and the ratio to one worker.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from absl import app, flags
 from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter

@@ -110,8 +110,8 @@ def main(argv):
         legacy_mb = layouts[legacy_name].stat().st_size / 1e6
         print(f"\n{FLAGS.n_cases} cases {shape}, {len(requests)} random {patch} x "
               f"{reference.n_channels}-channel patches per layout\n")
-        print(f"| layout | MB | size vs legacy | patches/s | read speed vs legacy |")
-        print(f"|---|---:|---:|---:|---:|")
+        print("| layout | MB | size vs legacy | patches/s | read speed vs legacy |")
+        print("|---|---:|---:|---:|---:|")
         for name, path in layouts.items():
             rate = len(requests) / seconds[name]
             mb = path.stat().st_size / 1e6

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,7 +23,7 @@ import keras
 import numpy as np
 from absl import app, flags
 
-from common import synthetic_cases, work_folder
+from common import run_child, synthetic_cases, work_folder
 from unet3d import recipes, training
 from unet3d.data import write_data_to_file
 from unet3d.logs import setup_logging
@@ -111,13 +109,7 @@ def main(argv):
                                 batch_size=FLAGS.batch_size, steps=FLAGS.steps,
                                 epochs=FLAGS.epochs, precision=precision, replicas=replicas,
                                 workers=FLAGS.workers, mode=mode)
-                    run = subprocess.run([sys.executable, __file__, "--child", json.dumps(args)],
-                                         capture_output=True, text=True)
-                    lines = [l for l in run.stdout.splitlines() if l.startswith("RESULT ")]
-                    if run.returncode or not lines:
-                        print(run.stderr[-3000:])
-                        raise SystemExit(f"measurement {args} failed")
-                    result = json.loads(lines[-1][len("RESULT "):])
+                    result = run_child(__file__, args)
                     rows.append((precision, replicas, mode, result))
                     print(f"{precision} {replicas} replica(s) {mode}: {result}", flush=True)
         print(f"\npaper recipe, {FLAGS.patch}^3 patches, global batch {FLAGS.batch_size}, "

@@ -2,7 +2,7 @@
 
     python brats/evaluate.py --prediction_dir predictions
         --truth_dir data/MICCAI_BraTS2020_TrainingData --output_dir evaluation
-        [--labels brats2020|brats2023] [--training_log training.log] [--no_overlays]
+        [--labels brats2020|brats2023] [--training_log training.log] [--nooverlays]
 
 Predictions are label maps <prediction_dir>/<case>.nii.gz on the native grid of their case (as
 brats/predict.py writes them); truths are found in any BraTS layout (<case>/<case>_seg.nii.gz,
@@ -37,7 +37,7 @@ flags.DEFINE_enum("labels", "brats2020", sorted(LABELS), "Label convention: brat
 flags.DEFINE_string("training_log", None, "Also plot loss and val_loss of this CSV training log "
                     "(training.log) into loss_graph.png.")
 flags.DEFINE_boolean("overlays", True, "Draw overlays/<case>.png: a FLAIR slice with truth and "
-                     "prediction contours (--no_overlays to skip).")
+                     "prediction contours (--nooverlays to skip).")
 flags.mark_flags_as_required(["prediction_dir", "truth_dir", "output_dir"])
 
 

@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 
 from unet3d.augment import AugmentConfig, generate_permutation_keys, permute_data
-from unet3d.brats import MODALITIES, find_cases
+from unet3d.brats import MODALITIES
 from unet3d.data import DataStore, add_data_to_storage, create_data_file, write_data_to_file
 from unet3d.errors import InputError
 from unet3d.generator import (PatchListDataset, RandomPatchDataset, get_number_of_steps,

@@ -26,6 +26,12 @@ def define_training_flags(presets: tuple[str, ...]) -> None:
     flags.DEFINE_string("model_file", None, "Best model (.keras); the run's checkpoints go to "
                         "<model_file>.run/. Rerunning the same command resumes.")
     flags.DEFINE_string("training_log", None, "CSV log, one row per epoch (training.log).")
+    flags.DEFINE_string("training_keys_file", None, "The saved split: training case indices "
+                        "(training_ids.pkl), written on the first run and reused after.")
+    flags.DEFINE_string("validation_keys_file", None, "The saved split: validation case indices "
+                        "(validation_ids.pkl).")
+    flags.DEFINE_float("data_split", None, "Fraction of the cases used for training when the "
+                       "split is drawn (0.8; 1.0: no validation).")
     flags.DEFINE_integer("n_epochs", None, "Epochs of the run (paper 300, legacy 500).")
     flags.DEFINE_integer("steps_per_epoch", None, "Batches per epoch (paper 100; legacy: one "
                          "pass over the training patches).")
@@ -69,7 +75,8 @@ def _shape(values: list[str] | None, flag: str):
 def config_from_flags() -> TrainConfig:
     """`TrainConfig` of `--preset` with every flag that was set applied."""
     overrides = {name: getattr(FLAGS, name) for name in (
-        "data_file", "preprocessed_dir", "model_file", "training_log", "n_epochs",
+        "data_file", "preprocessed_dir", "model_file", "training_log", "training_keys_file",
+        "validation_keys_file", "data_split", "n_epochs",
         "steps_per_epoch", "batch_size", "validation_batch_size", "initial_learning_rate",
         "lr_schedule", "workers", "seed", "n_base_filters", "loss")}
     overrides = {k: v for k, v in overrides.items() if v is not None}

@@ -125,7 +125,7 @@ def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
             raise InputError(
                 f"{training_file} / {validation_file} do not fit {store.path} ({store.n_cases} "
                 f"cases): {'indices ' + str(bad[:5]) + ' out of range' if bad else 'they overlap'}."
-                " They belong to another store: pass overwrite=True (--overwrite) to split again")
+                " They belong to another store: delete them (or pass overwrite=True) to split again")
         log.info("reusing the split in %s (%d training) and %s (%d validation)",
                  training_file, len(training), validation_file, len(validation))
         return training, validation

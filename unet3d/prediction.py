@@ -408,11 +408,11 @@ def predict_volume(model: keras.Model | Predictor, image: np.ndarray, config: Pr
                                      config.weighting, config.batch_size, config.tta)
 
 
-def output_names(config: PredictConfig) -> tuple[str, ...]:
-    """Names of the output channels: wt, tc, et for regions, label_<value> otherwise."""
-    if config.target == "regions":
+def output_names(target: str, labels: Sequence[int]) -> tuple[str, ...]:
+    """Names of the output channels: wt, tc, et for regions, label_<value> for labels."""
+    if target == "regions":
         return REGION_NAMES
-    return tuple(f"label_{value}" for value in config.labels)
+    return tuple(f"label_{value}" for value in labels)
 
 
 def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | os.PathLike,
@@ -427,7 +427,7 @@ def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | 
     path = Path(path)
     if config.probabilities:
         stem = path.name[:-len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-        for k, name in enumerate(output_names(config)):
+        for k, name in enumerate(output_names(config.target, config.labels)):
             write_nifti(probabilities[..., k], geometry, path.with_name(f"{stem}_{name}.nii.gz"),
                         dtype=np.float32)
     write_nifti(label_map, geometry, path, dtype=np.uint8)
@@ -630,7 +630,7 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
         if output_label_map:
             write_prediction(probabilities, geometry, folder / "prediction.nii.gz", config)
         else:
-            for k, name in enumerate(output_names(config)):
+            for k, name in enumerate(output_names(config.target, config.labels)):
                 write_nifti(probabilities[..., k], geometry, folder / f"prediction_{name}.nii.gz")
         folders.append(str(folder))
         progress(f"[{count}/{len(indices)}] {store.subject_ids[index]}: "

@@ -9,9 +9,7 @@ model, distribution, precision, resumable loop). The entry scripts only turn fla
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
-from typing import Sequence
 
 import keras
 
@@ -248,6 +246,9 @@ def train(config: TrainConfig) -> RunResult:
     schedule = make_schedule(config.lr_schedule, config.initial_learning_rate, config.n_epochs,
                              config.learning_rate_drop, config.learning_rate_epochs)
     n_labels = len(labels)
-    return run_training(lambda: build_model(config, store.n_channels, n_labels), train_data,
-                        valid_data, config.model_file, config.training_log, config.n_epochs,
-                        schedule, callbacks, strategy, config.verbose)
+    try:
+        return run_training(lambda: build_model(config, store.n_channels, n_labels), train_data,
+                            valid_data, config.model_file, config.training_log, config.n_epochs,
+                            schedule, callbacks, strategy, config.verbose)
+    finally:
+        store.close()

@@ -1,0 +1,46 @@
+"""Export a trained model as a TensorFlow SavedModel, to serve or load without unet3d.
+
+    python brats/export.py --model_file isensee2017_model.keras --output exported/isensee2017
+        --channel_names t1,t1ce,flair,t2 --output_names wt,tc,et
+
+Writes <output>/saved_model/ (serving signature "serving_default": "image", float32
+(batch, x, y, z, channels) with sizes multiples of 16 for the Isensee model -> "segmentation",
+float32 (batch, x, y, z, labels)), a copy of the .keras file, signature.json and README.txt.
+The folder appears complete or not at all. Exit status 2 for bad arguments or input (missing or
+unreadable model file, existing --output without --overwrite).
+"""
+
+import sys
+
+from absl import app, flags
+
+from unet3d.errors import InputError
+from unet3d.export import export_model
+from unet3d.logs import setup_logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. isensee2017_model.keras.")
+flags.DEFINE_string("output", None, "Folder to create with the export.")
+flags.DEFINE_boolean("overwrite", False, "Replace --output if it exists.")
+flags.DEFINE_list("channel_names", None, "The model's input channels in order, recorded in "
+                  "signature.json (this package's data stores hold t1,t1ce,flair,t2).")
+flags.DEFINE_list("output_names", None, "The model's output channels in order, recorded in "
+                  "signature.json (e.g. wt,tc,et for region training).")
+flags.mark_flags_as_required(["model_file", "output"])
+
+
+def main(argv):
+    del argv
+    logger = setup_logging()
+    try:
+        output = export_model(FLAGS.model_file, FLAGS.output, channel_names=FLAGS.channel_names,
+                              output_names=FLAGS.output_names, overwrite=FLAGS.overwrite)
+    except InputError as error:
+        logger.error(f"error: {error}")
+        return 2
+    logger.info(f"exported {FLAGS.model_file} to {output}; see {output / 'README.txt'}")
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

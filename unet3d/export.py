@@ -1,0 +1,224 @@
+"""Export a trained model as a TensorFlow SavedModel, to serve or load without this package.
+
+    export_model("isensee2017_model.keras", "exported/isensee2017")
+
+writes the folder
+
+    exported/isensee2017/
+        saved_model/               TensorFlow SavedModel, serving signature "serving_default"
+        isensee2017_model.keras    the Keras model file, copied as trained
+        signature.json             inputs and outputs: names, shapes, dtypes, channel names
+        README.txt                 the same for people, with how to load it
+
+The signature takes `image`, float32 `(batch, x, y, z, channels)` (channels-last) with any
+spatial sizes that are multiples of the network's divisor (16 for the Isensee model), and returns
+`segmentation`, float32 `(batch, x, y, z, n_labels)`: the model's output (probabilities for the
+sigmoid models this package trains). Other sizes fail with a message giving the sizes. Loading it
+needs TensorFlow only:
+
+    serve = tf.saved_model.load("exported/isensee2017/saved_model").signatures["serving_default"]
+    probabilities = serve(image=tf.constant(batch))["segmentation"]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+import unet3d
+from unet3d.errors import InputError
+from unet3d.io import publish
+from unet3d.model import SpatialSizeCheck, load_old_model
+from unet3d.prediction import load_settings
+from unet3d.prediction import output_names as prediction_output_names
+
+SAVED_MODEL_DIR = "saved_model"
+SIGNATURE_NAME = "serving_default"
+INPUT_NAME = "image"
+OUTPUT_NAME = "segmentation"
+
+
+def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
+                 channel_names: Sequence[str] | None = None,
+                 output_names: Sequence[str] | None = None, overwrite: bool = False) -> Path:
+    """Write `output_dir` with the SavedModel of `model_file`, a copy of the file and its
+    description (see the module docstring); returns `output_dir`.
+
+    Args:
+        model_file: a `.keras` model of one channels-last input `(batch, *spatial, channels)` and
+            one output `(batch, *spatial, n_labels)`, as the training scripts save it.
+        output_dir: the folder to create. It is built beside itself under a hidden temporary name
+            and renamed when complete, so it never holds a partial export.
+        channel_names: the input channels in order (e.g. `("t1", "t1ce", "flair", "t2")`),
+            recorded in signature.json; None: the modalities training recorded in
+            `<model_file>.json`, else not recorded.
+        output_names: the output channels in order (e.g. `("wt", "tc", "et")`); None: from
+            `<model_file>.json` (regions or label values), else not recorded.
+        overwrite: replace an existing `output_dir` instead of raising `InputError`.
+
+    Raises `InputError` naming the file or folder when the model file is missing or unreadable,
+    `output_dir` exists (without `overwrite`), the model has several inputs or outputs, or the
+    names do not match its channels.
+    """
+    model_file, output_dir = Path(model_file), Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} is a file, not a folder: choose another folder")
+    if output_dir.exists() and not overwrite:
+        raise InputError(f"output folder {output_dir} already exists: pass --overwrite "
+                         "(overwrite=True) to replace it, or choose another folder")
+    if keras.backend.backend() != "tensorflow":
+        raise InputError(f"exporting a SavedModel needs the TensorFlow backend, not "
+                         f"{keras.backend.backend()!r}: run with KERAS_BACKEND=tensorflow")
+    model = load_old_model(model_file, compile=False)
+    settings = load_settings(model_file)  # what training recorded beside the model
+    if channel_names is None and settings.get("modalities"):
+        channel_names = settings["modalities"]
+    if output_names is None and settings.get("target") and settings.get("labels"):
+        output_names = prediction_output_names(settings["target"], settings["labels"])
+    signature = describe_signature(model, model_file, channel_names, output_names)
+
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial",
+                                dir=output_dir.parent))
+    try:
+        write_saved_model(model, tmp / SAVED_MODEL_DIR,
+                          signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
+        shutil.copyfile(model_file, tmp / model_file.name)
+        (tmp / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
+        (tmp / "README.txt").write_text(readme(signature))
+        _publish_folder(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -> None:
+    """Write `model` as a SavedModel at `path` with the signature `serving_default`:
+    `image` float32 `(batch, *spatial, channels)` -> `segmentation` float32
+    `(batch, *spatial, n_labels)`, spatial sizes free but checked to be multiples of `divisors`."""
+    input_shape = (None,) * (len(model.inputs[0].shape) - 1) + (model.inputs[0].shape[-1],)
+    divisors = tf.constant(divisors, dtype=tf.int32)
+
+    def serve(image):
+        sizes = tf.shape(image)[1:-1]
+        tf.debugging.Assert(tf.reduce_all(sizes % divisors == 0),
+                            [f"{INPUT_NAME}: spatial sizes", sizes, "must be multiples of",
+                             divisors, "(pad or crop the volume)"])
+        return {OUTPUT_NAME: tf.cast(model(image, training=False), tf.float32)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(SIGNATURE_NAME, serve, input_signature=[
+        tf.TensorSpec(input_shape, tf.float32, name=INPUT_NAME)])
+    archive.write_out(str(path), verbose=False)
+
+
+def describe_signature(model: keras.Model, model_file: Path,
+                       channel_names: Sequence[str] | None,
+                       output_names: Sequence[str] | None) -> dict:
+    """The content of signature.json: the export's files, its input and its output."""
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise InputError(f"model file {model_file} has {len(model.inputs)} inputs and "
+                         f"{len(model.outputs)} outputs: only models of one input and one output "
+                         "(not deep-supervision models) can be exported")
+    input_shape, output_shape = model.inputs[0].shape, model.outputs[0].shape
+    n_spatial = len(input_shape) - 2
+    spatial_axes = list("xyz"[:n_spatial])
+    divisors = next((list(layer.divisors) for layer in model.layers
+                     if isinstance(layer, SpatialSizeCheck)), [1] * n_spatial)
+    return {
+        "saved_model": SAVED_MODEL_DIR,
+        "signature": SIGNATURE_NAME,
+        "keras_model": model_file.name,
+        "inputs": {INPUT_NAME: {
+            "dtype": "float32",
+            "shape": [None] * (n_spatial + 1) + [input_shape[-1]],
+            "axes": ["batch", *spatial_axes, "channels"],
+            "spatial_multiple_of": divisors,
+            "channels": _names(channel_names, input_shape[-1], "input channels", model_file),
+        }},
+        "outputs": {OUTPUT_NAME: {
+            "dtype": "float32",
+            "shape": [None] * (n_spatial + 1) + [output_shape[-1]],
+            "axes": ["batch", *spatial_axes, "labels"],
+            "activation": model.layers[-1].get_config().get("activation"),
+            "channels": _names(output_names, output_shape[-1], "output channels", model_file),
+        }},
+        "versions": {"unet3d": unet3d.__version__, "tensorflow": tf.__version__,
+                     "keras": keras.__version__},
+    }
+
+
+def readme(signature: dict) -> str:
+    """README.txt of an export described by `signature` (see `describe_signature`)."""
+    image, output = signature["inputs"][INPUT_NAME], signature["outputs"][OUTPUT_NAME]
+    versions = signature["versions"]
+    saved_model, name = signature["saved_model"], signature["signature"]
+    multiple = " x ".join(map(str, image["spatial_multiple_of"]))
+    input_channels = _listed(image["channels"], "not recorded (this package's data stores "
+                                                "hold t1, t1ce, flair, t2)")
+    lines = [
+        (f"Exported model (unet3d {versions['unet3d']}, TensorFlow {versions['tensorflow']}, "
+         f"Keras {versions['keras']})"),
+        "",
+        "Files",
+        f"  {saved_model}/  TensorFlow SavedModel; serving signature \"{name}\"",
+        (f"  {signature['keras_model']}  the Keras model as trained (keras.saving.load_model, "
+         "with unet3d installed)"),
+        "  signature.json  this description, machine-readable",
+        "",
+        (f"Input \"{INPUT_NAME}\": {image['dtype']}, ({', '.join(image['axes'])}), "
+         f"{image['shape'][-1]} channels"),
+        f"  spatial sizes: any multiples of {multiple} (others are refused: pad or crop)",
+        f"  channels, in order: {input_channels}",
+        "  values: preprocessed and normalised as the training data were (see unet3d/data.py)",
+        "",
+        (f"Output \"{OUTPUT_NAME}\": {output['dtype']}, ({', '.join(output['axes'])}), "
+         f"{output['shape'][-1]} channels, activation {output['activation'] or 'unknown'}"),
+        f"  channels, in order: {_listed(output['channels'], 'not recorded')}",
+        "",
+        "Loading, with TensorFlow only (paths relative to this folder):",
+        "  import tensorflow as tf",
+        f"  serve = tf.saved_model.load(\"{saved_model}\").signatures[\"{name}\"]",
+        f"  result = serve({INPUT_NAME}=tf.constant(batch))[\"{OUTPUT_NAME}\"]",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _names(names: Sequence[str] | None, count: int, what: str, model_file: Path) -> list | None:
+    if names is None:
+        return None
+    if len(names) != count:
+        raise InputError(f"{len(names)} names given ({', '.join(names)}) for the {count} {what} "
+                         f"of model file {model_file}: give one name per channel, in order")
+    return list(names)
+
+
+def _listed(names: list | None, default: str) -> str:
+    return ", ".join(names) if names else default
+
+
+def _publish_folder(tmp: Path, path: Path) -> None:
+    """Rename the finished folder `tmp` to `path`; an existing `path` is moved aside first and
+    deleted once the new one is in place (put back if the rename fails)."""
+    if not path.exists():
+        publish(tmp, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial-old", dir=path.parent))
+    try:
+        os.replace(path, old)
+        try:
+            publish(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
