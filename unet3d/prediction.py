@@ -398,6 +398,23 @@ def predict_config(model_file: str | os.PathLike, **overrides) -> PredictConfig:
     return PredictConfig(**values)
 
 
+def check_config(config: PredictConfig) -> None:
+    """Stop impossible settings before any case is read, saying what to change."""
+    if config.patch_shape is not None:
+        shape = _check_patch_shape(config.patch_shape)
+        if any(n % config.divisor for n in shape):
+            raise InputError(f"--patch_shape {','.join(map(str, shape))}: every size must be "
+                             f"divisible by {config.divisor} for this network (e.g. 128,128,128)")
+    if config.tta == "permute" and config.patch_shape is not None \
+            and len(set(config.patch_shape)) != 1:
+        raise InputError(f"--tta permute needs a cubic window, not {tuple(config.patch_shape)}")
+    if not 0 < config.step <= 1:
+        raise InputError(f"--step {config.step}: a fraction of the window in (0, 1]")
+    if config.tta not in TTA_MODES or config.weighting not in WEIGHTINGS:
+        raise InputError(f"tta {config.tta!r} / weighting {config.weighting!r}: choose from "
+                         f"{TTA_MODES} / {WEIGHTINGS}")
+
+
 def predict_volume(model: keras.Model | Predictor, image: np.ndarray, config: PredictConfig
                    ) -> np.ndarray:
     """Probabilities (x, y, z, k) of one image (x, y, z, c) in the store's space, by sliding
@@ -475,6 +492,7 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     failing case is reported and the others go on.
     """
     config = config or predict_config(model_file)
+    check_config(config)
     progress = progress or get_logger().info
     model = load_model(model_file, len(config.modalities))
     cases = find_cases(input_dir)
@@ -602,6 +620,7 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
             step = (min(config.patch_shape) - overlap) / min(config.patch_shape)
             config = dataclasses.replace(config, step=min(max(step, 1e-3), 1.0),
                                          weighting="constant")
+    check_config(config)
     path = Path(validation_keys_file)
     if not path.is_file():
         raise InputError(f"{path}: validation keys file not found (training writes it)")
