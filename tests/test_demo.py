@@ -51,3 +51,14 @@ def test_demo_refuses_impossible_settings(tmp_path):
                         "--n_test", "2", "--shape", "64,64,48")
     assert result.returncode == 2 and "--n_test" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_demo_refuses_other_data_settings_in_the_same_folder(tmp_path):
+    work = tmp_path / "d"
+    (work / "train").mkdir(parents=True)
+    (work / "test").mkdir()
+    (work / "demo_data.json").write_text('{"n_cases": 4, "n_test": 1, "shape": [64, 64, 48], '
+                                         '"seed": 0}\n')
+    result = run_script("demo.py", "--work_dir", str(work), "--n_cases", "5", "--n_test", "1",
+                        "--shape", "64,64,48")
+    assert result.returncode == 2 and "another --work_dir" in result.stderr

@@ -115,3 +115,12 @@ def test_export_refuses_several_outputs(tmp_path):
     with pytest.raises(InputError, match="deep_supervision.keras has 1 inputs and 3 outputs"):
         export_model(path, tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_export_refuses_the_folder_holding_the_model(tmp_path):
+    (tmp_path / "run").mkdir()
+    model_file = tmp_path / "run" / "m.keras"
+    model_file.write_bytes(b"not read")
+    with pytest.raises(InputError, match="inside the output folder"):
+        export_model(model_file, tmp_path / "run", overwrite=True)
+    assert model_file.exists()

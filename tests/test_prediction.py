@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import run_script
-from unet3d.augment import generate_permutation_keys, permute_data
+from unet3d.augment import generate_permutation_keys, permute_data, reverse_permute_data
 from unet3d.brats import find_cases
 from unet3d.data import normalize_modality, prepare_case
 from unet3d.errors import InputError
@@ -18,10 +18,16 @@ from unet3d.labels import labels_to_regions
 from unet3d.prediction import (PredictConfig, gaussian_importance_map, get_prediction_labels,
                                patch_wise_prediction, predict, predict_cases, predict_config,
                                predict_with_tta, prediction_to_image, probabilities_to_labels,
-                               remove_small_enhancing, save_settings, sliding_window_inference,
+                               remove_small_enhancing, run_validation_cases, save_settings,
+                               sliding_window_inference,
                                to_native_space, tta_transforms, whole_volume_inference,
                                window_corners)
 from unet3d.preprocessing import brain_mask
+
+
+def sitk_array(image) -> np.ndarray:
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(image).transpose(2, 1, 0)
 
 
 def identity(batch):
@@ -335,3 +341,75 @@ def test_patch_wise_prediction_keeps_the_port_semantics():
 def test_predict_config_defaults_without_settings(tmp_path):
     config = predict_config(tmp_path / "legacy.h5", tta="mirror")
     assert config == PredictConfig(tta="mirror")
+
+
+def test_gaussian_weighting_by_brute_force():
+    """A predictor whose output is a different constant per window: each voxel gets the
+    Gaussian-weighted mean of the constants of the windows covering it, computed here directly."""
+    shape, patch, step = (20, 12, 10), (8, 8, 8), 0.5
+    calls = []
+
+    def per_window(batch):
+        calls.append(len(calls) + 1)
+        return np.full(batch.shape[:4] + (1,), float(calls[-1]), np.float32)
+
+    out = sliding_window_inference(np.zeros((*shape, 1), np.float32), per_window, patch, step)
+    axis = [np.exp(-0.5 * ((np.arange(n) - (n - 1) / 2) / (n / 8)) ** 2) for n in patch]
+    weight = axis[0][:, None, None] * axis[1][None, :, None] * axis[2][None, None, :]
+    total, norm = np.zeros(shape), np.zeros(shape)
+    for value, corner in enumerate(window_corners(shape, patch, step), start=1):
+        region = tuple(slice(c, c + p) for c, p in zip(corner, patch))
+        total[region] += value * weight
+        norm[region] += weight
+    np.testing.assert_allclose(out[..., 0], total / norm, rtol=1e-4)
+    constant = sliding_window_inference(np.zeros((*shape, 1), np.float32), per_window, patch,
+                                        step, weighting="constant")
+    assert not np.allclose(constant, out)  # the weighting matters
+
+
+def test_permutation_tta_is_the_mean_over_the_48_permutations():
+    ramp = np.arange(4 ** 3, dtype=np.float32).reshape(1, 4, 4, 4, 1)
+
+    def biased(batch):
+        return batch * 2 + ramp
+
+    batch = np.random.default_rng(8).random((1, 4, 4, 4, 1), dtype=np.float32)
+    keys = sorted(generate_permutation_keys())
+    expected = np.mean([reverse_permute_data(biased(permute_data(batch[0], k)[np.newaxis])[0], k)
+                        for k in keys], axis=0)
+    np.testing.assert_allclose(predict_with_tta(biased, batch, tta_transforms("permute"))[0],
+                               expected, rtol=1e-5)
+
+
+def test_brats2023_cases_get_enhancing_tumour_as_label_3(tmp_path):
+    from unet3d.synthetic import make_synthetic_brats
+
+    make_synthetic_brats(tmp_path / "cases", n_cases=1, shape=(64, 64, 48), seed=3,
+                         naming="brats2023")
+    model_file = model_file_of(tmp_path, channel_model())
+    report = predict_cases(model_file, tmp_path / "cases", tmp_path / "out",
+                           predict_config(model_file, bias_correction=False))
+    labels, _ = read_nifti(tmp_path / "out" / f"{report.done[0]}.nii.gz")
+    assert 3 in labels and 4 not in labels
+
+
+def test_legacy_functions_refuse_what_they_cannot_do(store_path, tmp_path):
+    with pytest.raises(InputError, match="patch_shape"):
+        patch_wise_prediction(channel_model(), np.zeros((1, 16, 16, 16, 4), np.float32))
+    keys = tmp_path / "keys.pkl"
+    keys.write_bytes(pickle.dumps([0]))
+    model_file = model_file_of(tmp_path, channel_model())
+    with pytest.raises(InputError, match="overlap"):
+        run_validation_cases(keys, model_file, ("t1", "t1ce", "flair", "t2"), (1, 2, 4),
+                             store_path, overlap=16, output_dir=tmp_path / "v")
+    keys.write_bytes(pickle.dumps([0, 9]))
+    with pytest.raises(InputError, match="another store"):
+        run_validation_cases(keys, model_file, ("t1", "t1ce", "flair", "t2"), (1, 2, 4),
+                             store_path, overlap=4, output_dir=tmp_path / "v")
+
+
+def test_one_channel_label_map_keeps_the_port_rule():
+    prediction = np.array([0.2, 0.5, 0.9], np.float32).reshape(1, 3, 1, 1, 1)
+    image = prediction_to_image(prediction, np.eye(4), label_map=True, labels=(4,))
+    values = sitk_array(image)
+    assert values.ravel().tolist() == [0, 0, 4]  # strictly above the threshold

@@ -22,6 +22,7 @@ are predicted and scored again with the final model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -63,8 +64,13 @@ class DemoConfig:
 
 def _split_cases(config: DemoConfig, work: Path, progress: Callable[[str], None]) -> None:
     """Write the synthetic cases and move the last `n_test` to work/test."""
-    train, test = work / "train", work / "test"
-    if train.is_dir() and test.is_dir():
+    train, test, record = work / "train", work / "test", work / "demo_data.json"
+    data = {"n_cases": config.n_cases, "n_test": config.n_test, "shape": list(config.shape),
+            "seed": config.seed}
+    if train.is_dir() and test.is_dir() and record.is_file():
+        if json.loads(record.read_text()) != data:
+            raise InputError(f"{work} holds the demo data of {record.read_text().strip()}, not "
+                             f"{data}: use another --work_dir, or delete {work} to start over")
         progress(f"synthetic cases: found in {train} and {test}")
         return
     if not 1 <= config.n_test < config.n_cases:
@@ -81,6 +87,7 @@ def _split_cases(config: DemoConfig, work: Path, progress: Callable[[str], None]
         shutil.rmtree(work / name, ignore_errors=True)
         (staging / name).rename(work / name)
     staging.rmdir()
+    record.write_text(json.dumps(data) + "\n")
 
 
 def run_demo(config: DemoConfig = DemoConfig(),
@@ -117,8 +124,12 @@ def run_demo(config: DemoConfig = DemoConfig(),
         precision=config.precision, seed=config.seed, verbose=2)
     recipes.train(train_config)
     step("4/5 prediction of the held-out cases (native space)")
-    predict_cases(train_config.model_file, work / "test", work / "predictions",
-                  predict_config(train_config.model_file), overwrite=True, progress=progress)
+    report = predict_cases(train_config.model_file, work / "test", work / "predictions",
+                           predict_config(train_config.model_file), overwrite=True,
+                           progress=progress)
+    if report.failed:
+        raise InputError(f"prediction failed for {sorted(report.failed)}: "
+                         f"{next(iter(report.failed.values()))}")
     step("5/5 evaluation")
     rows = evaluate_folder(work / "predictions", work / "test", work / "evaluation",
                            training_log=train_config.training_log)

@@ -70,6 +70,9 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
     model_file, output_dir = Path(model_file), Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise InputError(f"output {output_dir} is a file, not a folder: choose another folder")
+    if output_dir.resolve() in Path(model_file).resolve().parents:
+        raise InputError(f"{model_file} is inside the output folder {output_dir}: exporting there "
+                         "would replace the folder the model lives in; choose another --output")
     if output_dir.exists() and not overwrite:
         raise InputError(f"output folder {output_dir} already exists: pass --overwrite "
                          "(overwrite=True) to replace it, or choose another folder")

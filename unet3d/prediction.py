@@ -80,8 +80,9 @@ def window_corners(volume_shape: Sequence[int], patch_shape: Sequence[int], step
                    ) -> np.ndarray:
     """First corners of the sliding windows: int (n_windows, 3), the first axis slowest.
 
-    Per axis, windows are `step * patch` apart or closer: the fewest evenly spaced windows from 0
-    to `size - patch` (the last flush with the end) whose spacing does not exceed it. Every
+    Per axis, windows are about `step * patch` apart or closer: the fewest evenly spaced windows
+    from 0 to `size - patch` (the last flush with the end) whose spacing does not exceed it,
+    rounded to whole voxels (so a gap may exceed it by less than one voxel). Every
     size must be >= the patch size (pad smaller volumes first).
     """
     if not 0 < step <= 1:
@@ -410,6 +411,8 @@ def check_config(config: PredictConfig) -> None:
         raise InputError(f"--tta permute needs a cubic window, not {tuple(config.patch_shape)}")
     if not 0 < config.step <= 1:
         raise InputError(f"--step {config.step}: a fraction of the window in (0, 1]")
+    if config.batch_size < 1:
+        raise InputError(f"--batch_size {config.batch_size}: at least 1 window per model call")
     if config.tta not in TTA_MODES or config.weighting not in WEIGHTINGS:
         raise InputError(f"tta {config.tta!r} / weighting {config.weighting!r}: choose from "
                          f"{TTA_MODES} / {WEIGHTINGS}")
@@ -451,8 +454,10 @@ def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | 
     return label_map
 
 
-def load_model(model_file: str | os.PathLike, n_channels: int) -> keras.Model:
-    """The trained model in `model_file`, checked to take `n_channels` input channels."""
+def load_model(model_file: str | os.PathLike, n_channels: int, n_outputs: int | None = None
+               ) -> keras.Model:
+    """The trained model in `model_file`, checked to take `n_channels` input channels (and give
+    `n_outputs` output channels when given)."""
     if not Path(model_file).is_file():
         raise InputError(f"model file {model_file} not found: train one with "
                          "brats/train_isensee2017.py or give --model_file")
@@ -461,6 +466,11 @@ def load_model(model_file: str | os.PathLike, n_channels: int) -> keras.Model:
     if channels is not None and channels != n_channels:
         raise InputError(f"{model_file} takes {channels} input channels but {n_channels} "
                          "modalities are configured")
+    outputs = model.output_shape[-1] if not isinstance(model.output_shape, dict) else None
+    if n_outputs is not None and outputs is not None and outputs != n_outputs:
+        raise InputError(f"{model_file} gives {outputs} output channels, not the {n_outputs} "
+                         "its target needs (WT, TC, ET regions or one per label): check --target "
+                         "or the model's <model_file>.json")
     return model
 
 
@@ -494,7 +504,7 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     config = config or predict_config(model_file)
     check_config(config)
     progress = progress or get_logger().info
-    model = load_model(model_file, len(config.modalities))
+    model = load_model(model_file, len(config.modalities), 3)
     cases = find_cases(input_dir)
     settings = read_settings(input_dir)  # written by brats/preprocess.py: N4 already done
     n4 = PreprocessConfig(modalities=config.modalities)
@@ -522,9 +532,13 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
             labels = config.labels or tuple((settings or {}).get("labels", case.labels))
             label_map = write_prediction(probabilities, info.original, out,
                                          dataclasses.replace(config, labels=labels))
-        except InputError as error:
-            report.failed[case.name] = str(error)
-            progress(f"[{count}/{len(cases)}] {case.name}: FAILED: {error}")
+        except Exception as error:  # noqa: BLE001 - reported per case, the other cases go on
+            message = (str(error) if isinstance(error, InputError) else
+                       f"unexpected {type(error).__name__}: {error}")
+            report.failed[case.name] = message
+            progress(f"[{count}/{len(cases)}] {case.name}: FAILED: {message}")
+            if not isinstance(error, InputError):
+                get_logger().debug("case %s", case.name, exc_info=True)
             continue
         report.done.append(case.name)
         progress(f"[{count}/{len(cases)}] {case.name}: {time.monotonic() - start:.1f} s, "
@@ -554,7 +568,11 @@ def patch_wise_prediction(model: keras.Model, data: np.ndarray, overlap: int = 0
     this keeps the port's results."""
     data = np.asarray(data, np.float32)
     data = data[0] if data.ndim == 5 else data
-    patch_shape = _check_patch_shape(patch_shape or model.input_shape[1:4])
+    patch_shape = patch_shape or model.input_shape[1:4]
+    if None in tuple(patch_shape):
+        raise InputError("the model is fully convolutional (input size None): give patch_shape, "
+                         "e.g. the training patch (128, 128, 128)")
+    patch_shape = _check_patch_shape(patch_shape)
     indices = compute_patch_indices(data.shape[:3], patch_shape, overlap)
     transforms, predictor = tta_transforms("permute" if permute else "none"), model_predictor(model)
     predictions = []
@@ -586,6 +604,10 @@ def prediction_to_image(prediction: np.ndarray, affine: np.ndarray, label_map: b
     prediction = np.asarray(prediction)
     prediction = prediction[0] if prediction.ndim == 5 else prediction
     geometry = geometry_from_affine(affine, prediction.shape[:3])
+    if label_map and prediction.shape[-1] == 1:  # the port: labels[0] above the threshold
+        value = labels[0] if labels is not None else 1
+        return to_sitk(np.where(prediction[..., 0] > threshold, value, 0).astype(np.uint8),
+                       geometry)
     if label_map:
         return to_sitk(get_prediction_labels(prediction[np.newaxis], threshold, labels)[0],
                        geometry)
@@ -605,7 +627,8 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
     `<output_dir>/<subject id>/` with `data_<modality>.nii.gz` (the normalised input),
     `truth.nii.gz` and `prediction.nii.gz` (a label map with `output_label_map`, else
     `prediction_<output>.nii.gz` probability maps). Unlike the port, the files are on each case's
-    original grid (stores that record it; legacy-layout stores keep the stored grid).
+    original grid (stores that record it; legacy-layout stores keep the stored grid; for
+    resampled stores the truth is the stored one resampled back, not the original file).
 
     Windows are the model's training patch (`config`, default from `<model_file>.json`), spaced
     `patch - overlap` apart with equal weights as in the port, or as `config` sets when given.
@@ -617,41 +640,53 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
                                 tta="permute" if permute else None,
                                 modalities=tuple(training_modalities))
         if config.patch_shape is not None:
+            if not 0 <= overlap < min(config.patch_shape):
+                raise InputError(f"overlap {overlap}: need 0 <= overlap < the window "
+                                 f"{tuple(config.patch_shape)}")
             step = (min(config.patch_shape) - overlap) / min(config.patch_shape)
-            config = dataclasses.replace(config, step=min(max(step, 1e-3), 1.0),
-                                         weighting="constant")
+            config = dataclasses.replace(config, step=step, weighting="constant")
+    config = dataclasses.replace(config, labels=config.labels or tuple(labels))
     check_config(config)
     path = Path(validation_keys_file)
     if not path.is_file():
         raise InputError(f"{path}: validation keys file not found (training writes it)")
     with open(path, "rb") as stream:
         indices = [int(i) for i in pickle.load(stream)]
-    store = DataStore(hdf5_file)
-    model = load_model(model_file, store.n_channels)
-    folders = []
-    for count, index in enumerate(indices, start=1):
-        start = time.monotonic()
-        image = store.read_image(index)
-        info = store.case_info(index)
-        folder = Path(output_dir) / (store.subject_ids[index].replace(" ", "_"))
-        probabilities = predict_volume(model, image, config)
-        volumes = {f"data_{m}": image[..., c] for c, m in enumerate(training_modalities)}
-        if store.has_truth:
-            volumes["truth"] = store.read_truth(index)
-        if info is None:  # legacy layout: the stored grid
-            geometry = geometry_from_affine(store.file.root.affine[index], image.shape[:3])
-        else:
-            geometry = info.original
-            volumes = {name: to_native_space(v, info) for name, v in volumes.items()}
-            probabilities = to_native_space(probabilities, info)
-        for name, volume in volumes.items():
-            write_nifti(volume, geometry, folder / f"{name}.nii.gz")
-        if output_label_map:
-            write_prediction(probabilities, geometry, folder / "prediction.nii.gz", config)
-        else:
-            for k, name in enumerate(output_names(config.target, config.labels)):
-                write_nifti(probabilities[..., k], geometry, folder / f"prediction_{name}.nii.gz")
-        folders.append(str(folder))
-        progress(f"[{count}/{len(indices)}] {store.subject_ids[index]}: "
-                 f"{time.monotonic() - start:.1f} s -> {folder}")
-    return folders
+    with DataStore(hdf5_file) as store:
+        bad = [i for i in indices if not 0 <= i < len(store)]
+        if bad:
+            raise InputError(f"{path}: case indices {bad[:5]} are not in {hdf5_file} "
+                             f"({len(store)} cases): the split belongs to another store")
+        model = load_model(model_file, store.n_channels, len(config.labels))
+        return [_validation_case(model, store, index, Path(output_dir), training_modalities,
+                                 output_label_map, config, f"[{count}/{len(indices)}]", progress)
+                for count, index in enumerate(indices, start=1)]
+
+
+def _validation_case(model: keras.Model, store: DataStore, index: int, output_dir: Path,
+                     training_modalities: Sequence[str], output_label_map: bool,
+                     config: PredictConfig, counter: str, progress: Callable[[str], None]) -> str:
+    """One case of `run_validation_cases`; returns its folder."""
+    start = time.monotonic()
+    image = store.read_image(index)
+    info = store.case_info(index)
+    folder = output_dir / store.subject_ids[index].replace(" ", "_")
+    probabilities = predict_volume(model, image, config)
+    volumes = {f"data_{m}": image[..., c] for c, m in enumerate(training_modalities)}
+    if store.has_truth:
+        volumes["truth"] = store.read_truth(index)
+    if info is None:  # legacy layout: the stored grid
+        geometry = geometry_from_affine(store.file.root.affine[index], image.shape[:3])
+    else:
+        geometry = info.original
+        volumes = {name: to_native_space(v, info) for name, v in volumes.items()}
+        probabilities = to_native_space(probabilities, info)
+    for name, volume in volumes.items():
+        write_nifti(volume, geometry, folder / f"{name}.nii.gz")
+    if output_label_map:
+        write_prediction(probabilities, geometry, folder / "prediction.nii.gz", config)
+    else:
+        for k, name in enumerate(output_names(config.target, config.labels)):
+            write_nifti(probabilities[..., k], geometry, folder / f"prediction_{name}.nii.gz")
+    progress(f"{counter} {store.subject_ids[index]}: {time.monotonic() - start:.1f} s -> {folder}")
+    return str(folder)
