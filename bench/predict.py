@@ -1,7 +1,7 @@
 """Seconds per BraTS-size case (4 x 240 x 240 x 155) for each way of predicting it.
 
-One synthetic case of BraTS size is prepared as `brats/predict.py` does (brain crop, per-case
-normalisation; N4 is timed separately) and predicted with the trained architecture (the Isensee
+One synthetic case of BraTS size is prepared as `brats/predict.py` does (reading and N4 in
+memory, then brain crop and per-case normalisation; both timed separately) and predicted with the trained architecture (the Isensee
 network, 16 base filters, random weights: speed does not depend on them) by:
 - sliding windows of 128^3, step 0.5, Gaussian weights (the paper / nnU-Net inference),
 - the same with mirroring test-time augmentation (8 flips),
@@ -27,10 +27,10 @@ import numpy as np
 from absl import app, flags
 
 from common import conv_flops, synthetic_cases, work_folder
-from unet3d.data import prepare_case
+from unet3d.data import prepare_arrays
 from unet3d.model import isensee2017_model
 from unet3d.prediction import PredictConfig, predict_volume, window_corners
-from unet3d.preprocessing import PreprocessConfig, preprocess_case
+from unet3d.preprocessing import PreprocessConfig, correct_case
 from unet3d.brats import find_cases
 
 FLAGS = flags.FLAGS
@@ -69,16 +69,15 @@ def main(argv):
     with work_folder(FLAGS.work_dir, "bench_predict_") as work:
         synthetic_cases(work, 1, (240, 240, 155), 0)
         case = find_cases(work / "cases")[0]
-        (work / "n4").mkdir(exist_ok=True)
         start = time.perf_counter()
-        preprocess_case(case, work / "n4", PreprocessConfig())
+        images, _, geometry = correct_case(case, PreprocessConfig())
         n4_seconds = time.perf_counter() - start
-        files = [work / "n4" / case.name / f"{m}.nii.gz" for m in ("t1", "t1ce", "flair", "t2")]
         start = time.perf_counter()
-        image, _, info = prepare_case(files, case.name, 4, False, (1, 2, 4), None, True, True)
+        image, _, info = prepare_arrays(list(images.values()), None, geometry, case.name)
         prepare_seconds = time.perf_counter() - start
-    print(f"case {case.name}: 4 x 240 x 240 x 155, brain crop {info.shape}; N4 {n4_seconds:.1f} s, "
-          f"crop + normalisation {prepare_seconds:.1f} s; backend {keras.backend.backend()}, "
+    print(f"case {case.name}: 4 x 240 x 240 x 155, brain crop {info.shape}; reading + N4 "
+          f"{n4_seconds:.1f} s, crop + normalisation {prepare_seconds:.1f} s (as brats/predict.py); "
+          f"backend {keras.backend.backend()}, "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n", flush=True)
 
     rows = []

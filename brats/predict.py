@@ -83,10 +83,9 @@ def main(argv):
             if not data_file or not keys_file:
                 raise InputError("--validation needs --data_file and --validation_keys_file "
                                  f"({settings_path(FLAGS.model_file)} does not name them)")
-            config.labels = config.labels or tuple(settings.get("labels", LABELS["brats2020"]))
-            run_validation_cases(keys_file, FLAGS.model_file, config.modalities, config.labels,
-                                 data_file, output_label_map=True, output_dir=output_dir,
-                                 config=config)
+            run_validation_cases(keys_file, FLAGS.model_file, config.modalities,
+                                 settings.get("labels", LABELS["brats2020"]), data_file,
+                                 output_label_map=True, output_dir=output_dir, config=config)
             return 0
         if not FLAGS.input_dir:
             raise InputError("give --input_dir (cases to predict) or --validation")

@@ -301,8 +301,14 @@ def test_predict_script_bad_input(synthetic_brats, tmp_path):
     assert result.returncode == 1, result.stderr[-2000:]
     assert bad.name in result.stderr and "t2" in result.stderr
     assert len(list((tmp_path / "out").glob("*.nii.gz"))) == 1
-    # a window the network cannot take is refused before any case is read
-    odd = run_script("predict.py", "--model_file", str(model_file), "--input_dir", str(broken),
+    # a window the network cannot take is refused before any case is read (the Isensee network
+    # needs multiples of 16; the 1x1x1 channel model above takes any size)
+    from unet3d.model import isensee2017_model
+
+    (tmp_path / "isensee").mkdir()
+    isensee_file = model_file_of(tmp_path / "isensee",
+                                 isensee2017_model((None, None, None, 4), n_base_filters=2))
+    odd = run_script("predict.py", "--model_file", str(isensee_file), "--input_dir", str(broken),
                      "--output_dir", str(tmp_path / "odd"), "--patch_shape", "30,30,30")
     assert odd.returncode == 2 and "divisible by 16" in odd.stderr
     assert not list((tmp_path / "odd").glob("*.nii.gz"))

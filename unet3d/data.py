@@ -279,17 +279,33 @@ def _header_shape(path: str | os.PathLike) -> tuple[int, int, int]:
 
 
 def prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels: int,
-                  with_truth: bool, labels: Sequence[int], image_shape: Sequence[int] | None,
-                  normalize: bool, crop_to_brain: bool) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
+                 with_truth: bool, labels: Sequence[int], image_shape: Sequence[int] | None,
+                 normalize: bool, crop_to_brain: bool) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
     """Read one case's files and bring it to the store's space: (image, truth, info)."""
     arrays, geometry = read_image_set(files, subject_id)
-    images, truth = arrays[:n_channels], (arrays[n_channels] if with_truth else None)
-    if truth is not None:
-        truth = truth.astype(np.uint8)
+    truth = None
+    if with_truth:
+        truth = arrays[n_channels].astype(np.uint8)
         check_label_values(truth, labels, files[n_channels], subject_id)
+    return prepare_arrays(arrays[:n_channels], truth, geometry, subject_id, image_shape,
+                          normalize, crop_to_brain, [Path(f).name for f in files[:n_channels]])
+
+
+def prepare_arrays(images: Sequence[np.ndarray], truth: np.ndarray | None, geometry: Geometry,
+                   subject_id: str, image_shape: Sequence[int] | None = None,
+                   normalize: bool = True, crop_to_brain: bool = True,
+                   names: Sequence[str] | None = None
+                   ) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
+    """Bring one case's arrays to the store's space: (image (x, y, z, c), truth, info).
+
+    images: the modalities, (x, y, z) each, on `geometry`; truth: uint8 (x, y, z) or None.
+    image_shape: None crops to the brain at native resolution (the paper); a shape resamples the
+        brain box to it (the legacy port). names: how errors name the images (file names).
+    """
+    names = names or [f"channel {c}" for c in range(len(images))]
     mask = brain_mask(images)
     if not mask.any():
-        raise InputError(f"case {subject_id}: every modality is all zero ({Path(files[0]).parent})")
+        raise InputError(f"case {subject_id}: every modality is all zero ({', '.join(names)})")
     legacy = image_shape is not None
     if crop_to_brain:
         box_mask = mask | (truth > 0) if (legacy and truth is not None) else mask
@@ -298,11 +314,11 @@ def prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels
         start, stop = np.zeros(3, dtype=int), np.asarray(geometry.shape)
     if normalize:
         normalized = []
-        for path, image in zip(files, images):
+        for name, image in zip(names, images):
             try:
                 normalized.append(normalize_modality(image, mask))
             except InputError as error:
-                raise InputError(f"case {subject_id}: {Path(path).name}: {error}") from None
+                raise InputError(f"case {subject_id}: {name}: {error}") from None
         images = normalized
     if legacy:
         target = resampled_grid(geometry, start, stop, image_shape)

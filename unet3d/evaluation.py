@@ -40,7 +40,7 @@ from scipy import ndimage
 
 from unet3d.brats import NIFTI_EXTENSIONS, classify_file, find_cases
 from unet3d.errors import InputError
-from unet3d.io import atomic_write, read_nifti
+from unet3d.io import atomic_write, check_label_values, read_nifti
 from unet3d.labels import DEFAULT_LABELS, REGION_NAMES, brats_regions
 from unet3d.logs import get_logger
 
@@ -89,18 +89,7 @@ def region_masks(label_map: np.ndarray, labels: Sequence[int] = DEFAULT_LABELS,
         InputError: when `label_map` holds values other than 0 and `labels`.
     """
     regions = brats_regions(labels)
-    allowed = {0, *regions["wt"]}
-    unknown = [float(v) for v in np.unique(label_map) if float(v) not in allowed]
-    if unknown:
-        unknown = [int(v) if v.is_integer() else v for v in unknown]
-        if 3 in unknown and 4 in regions["wt"]:
-            hint = " (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
-        elif 4 in unknown and 3 in regions["wt"]:
-            hint = " (BraTS up to 2021 use 4 for enhancing tumour: use labels 1, 2, 4)"
-        else:
-            hint = ""
-        raise InputError(f"{name} holds label values {unknown} outside the expected "
-                         f"(0, {', '.join(map(str, regions['wt']))}){hint}")
+    check_label_values(label_map, regions["wt"], name)
     return {region: np.isin(label_map, values) for region, values in regions.items()}
 
 
@@ -211,8 +200,14 @@ def evaluate_case(truth_labels: np.ndarray, pred_labels: np.ndarray,
     if np.shape(truth_labels) != np.shape(pred_labels):
         raise InputError(f"{names[0]} (shape {np.shape(truth_labels)}) and {names[1]} "
                          f"(shape {np.shape(pred_labels)}) differ in shape")
-    truth = region_masks(truth_labels, labels, names[0])
-    pred = region_masks(pred_labels, labels, names[1])
+    return evaluate_masks(region_masks(truth_labels, labels, names[0]),
+                          region_masks(pred_labels, labels, names[1]), spacing)
+
+
+def evaluate_masks(truth: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray],
+                   spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
+    """`evaluate_case` of region masks ({"wt": mask, "tc": ..., "et": ...}, as `region_masks`
+    returns them)."""
     return {region: {"dice": dice(truth[region], pred[region]),
                      "hd95": hausdorff95(truth[region], pred[region], spacing),
                      "sensitivity": sensitivity(truth[region], pred[region]),
@@ -404,15 +399,16 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
                 f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
                 f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
                 "predictions in the native space of the cases (as brats/predict.py does)")
-        scores = evaluate_case(truth, pred, truth_geometry.spacing, labels,
-                               names=(str(truth_path), str(prediction_path)))
+        truth_masks = region_masks(truth, labels, str(truth_path))
+        pred_masks = region_masks(pred, labels, str(prediction_path))
+        scores = evaluate_masks(truth_masks, pred_masks, truth_geometry.spacing)
         row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
                                 for region in REGION_NAMES for metric in METRICS}}
         rows.append(row)
         if overlays and case in flairs:
             flair, _ = read_nifti(flairs[case], dtype=np.float32)
             if flair.shape == truth.shape:
-                plot_overlay(flair, truth, pred, labels, case, row["wt_dice"],
+                plot_overlay(flair, truth_masks, pred_masks, case, row["wt_dice"],
                              output_dir / "overlays" / f"{case}.png")
             else:
                 get_logger().warning(f"case {case}: no overlay, {flairs[case]} (shape "
@@ -531,16 +527,15 @@ def overlay_slice(truth_wt: np.ndarray, pred_wt: np.ndarray) -> int:
     return truth_wt.shape[2] // 2
 
 
-def plot_overlay(flair: np.ndarray, truth_labels: np.ndarray, pred_labels: np.ndarray,
-                 labels: Sequence[int], case: str, wt_dice: float,
+def plot_overlay(flair: np.ndarray, truth: Mapping[str, np.ndarray],
+                 pred: Mapping[str, np.ndarray], case: str, wt_dice: float,
                  path: str | os.PathLike) -> None:
     """FLAIR slice with the truth and prediction contours of WT, TC and ET into a PNG, atomically.
 
-    The axial slice is `overlay_slice`'s; arrays are (x, y, z) on one grid. Truth contours are
-    drawn in `TRUTH_COLOUR`, prediction contours in `PREDICTION_COLOUR`, one line style per region.
+    `truth` and `pred` are region masks (`region_masks`); arrays are (x, y, z) on one grid. The
+    axial slice is `overlay_slice`'s. Truth contours are drawn in `TRUTH_COLOUR`, prediction
+    contours in `PREDICTION_COLOUR`, one line style per region.
     """
-    truth = region_masks(truth_labels, labels, "truth")
-    pred = region_masks(pred_labels, labels, "prediction")
     z = overlay_slice(truth["wt"], pred["wt"])
     image = flair[:, :, z].T  # rows y, columns x: anterior up, patient's right on the left
     figure = Figure(figsize=(6, 6))

@@ -35,7 +35,7 @@ import tensorflow as tf
 import unet3d
 from unet3d.errors import InputError
 from unet3d.io import publish
-from unet3d.model import SpatialSizeCheck, load_old_model
+from unet3d.model import load_old_model, model_divisors
 from unet3d.prediction import load_settings
 from unet3d.prediction import output_names as prediction_output_names
 
@@ -135,8 +135,7 @@ def describe_signature(model: keras.Model, model_file: Path,
     input_shape, output_shape = model.inputs[0].shape, model.outputs[0].shape
     n_spatial = len(input_shape) - 2
     spatial_axes = list("xyz"[:n_spatial])
-    divisors = next((list(layer.divisors) for layer in model.layers
-                     if isinstance(layer, SpatialSizeCheck)), [1] * n_spatial)
+    divisors = list(model_divisors(model))
     return {
         "saved_model": SAVED_MODEL_DIR,
         "signature": SIGNATURE_NAME,

@@ -232,13 +232,19 @@ def read_image_set(paths: Sequence[str | os.PathLike], case: str,
 
 
 def check_label_values(label: np.ndarray, labels: Sequence[int], path: str | os.PathLike,
-                       case: str) -> None:
-    """Raise `InputError` if `label` holds values other than 0 and `labels`."""
+                       case: str | None = None) -> None:
+    """Raise `InputError` if `label` holds values other than 0 and `labels`; the message names
+    `path` (its file name after "case <case>:" when `case` is given) and hints at the other BraTS
+    label convention when that explains the values."""
     values = np.unique(label)
     unknown = [float(v) for v in values if float(v) not in {0, *labels}]
     if unknown:
         unknown = [int(v) if v.is_integer() else v for v in unknown]
-        hint = (" (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
-                if 3 in unknown else "")
-        raise InputError(f"case {case}: {Path(path).name} holds label values {unknown} outside the "
-                         f"configured labels (0, {', '.join(map(str, labels))}){hint}")
+        hint = ""
+        if 3 in unknown:
+            hint = " (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
+        elif 4 in unknown and 3 in labels:
+            hint = " (BraTS up to 2021 use 4 for enhancing tumour: use labels 1, 2, 4)"
+        where = f"case {case}: {Path(path).name}" if case is not None else str(path)
+        raise InputError(f"{where} holds label values {unknown} outside the configured labels "
+                         f"(0, {', '.join(map(str, labels))}){hint}")

@@ -32,7 +32,6 @@ import itertools
 import json
 import os
 import pickle
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -43,14 +42,15 @@ import SimpleITK as sitk
 
 from unet3d.augment import generate_permutation_keys, permute_data, reverse_permute_data
 from unet3d.brats import LABELS, MODALITIES, find_cases
-from unet3d.data import (CaseInfo, DataStore, prepare_case, resample, resampled_grid,
+from unet3d.data import (CaseInfo, DataStore, prepare_arrays, resample, resampled_grid,
                          restore_to_original)
 from unet3d.errors import InputError
 from unet3d.io import Geometry, atomic_write, to_sitk, write_nifti
-from unet3d.labels import REGION_NAMES, regions_to_labels
+from unet3d.labels import REGION_NAMES, brats_regions, regions_to_labels
 from unet3d.logs import get_logger
+from unet3d.model import model_divisors
 from unet3d.model.saving import load_old_model
-from unet3d.preprocessing import PreprocessConfig, preprocess_case, read_settings
+from unet3d.preprocessing import PreprocessConfig, correct_case, read_settings
 from unet3d.utils.patches import compute_patch_indices, get_patch_from_3d_data, reconstruct_from_patches
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -384,10 +384,8 @@ def predict_config(model_file: str | os.PathLike, **overrides) -> PredictConfig:
     training writes), with `overrides` (None values ignored) applied."""
     settings = load_settings(model_file)
     values = {key: settings[key] for key in TRAINED_SETTINGS if key in settings}
-    if settings:
-        if values.get("patch_shape") is None:  # trained on whole (resampled) images
-            values["patch_shape"] = values.get("image_shape")
-        values["divisor"] = 16 if settings.get("model", "isensee2017") == "isensee2017" else 8
+    if settings and values.get("patch_shape") is None:  # trained on whole (resampled) images
+        values["patch_shape"] = values.get("image_shape")
     values.update({key: value for key, value in overrides.items() if value is not None})
     fields = {f.name for f in dataclasses.fields(PredictConfig)}
     unknown = set(values) - fields
@@ -475,9 +473,8 @@ def load_model(model_file: str | os.PathLike, n_channels: int, n_outputs: int | 
 
 
 def _describe(label_map: np.ndarray, labels: Sequence[int]) -> str:
-    regions = {"WT": np.isin(label_map, labels), "TC": np.isin(label_map, labels[::2]),
-               "ET": label_map == labels[2]}
-    return ", ".join(f"{name} {int(mask.sum()):,} voxels" for name, mask in regions.items())
+    return ", ".join(f"{name.upper()} {int(np.isin(label_map, values).sum()):,} voxels"
+                     for name, values in brats_regions(labels).items())
 
 
 @dataclasses.dataclass
@@ -502,12 +499,16 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     failing case is reported and the others go on.
     """
     config = config or predict_config(model_file)
+    model = load_model(model_file, len(config.modalities), 3)
+    config = dataclasses.replace(config, divisor=max(model_divisors(model)))
     check_config(config)
     progress = progress or get_logger().info
-    model = load_model(model_file, len(config.modalities), 3)
     cases = find_cases(input_dir)
     settings = read_settings(input_dir)  # written by brats/preprocess.py: N4 already done
+    # N4 as brats/preprocess.py does by default, unless off or the folder was written by it.
     n4 = PreprocessConfig(modalities=config.modalities)
+    if not config.bias_correction or settings is not None:
+        n4 = dataclasses.replace(n4, bias_correction=())
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
@@ -520,14 +521,10 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
             continue
         start = time.monotonic()
         try:
-            with tempfile.TemporaryDirectory(prefix="unet3d-predict-") as work:
-                files = case.files(config.modalities)[:len(config.modalities)]
-                if config.bias_correction and settings is None:
-                    preprocess_case(dataclasses.replace(case, label=None), work, n4)
-                    files = [Path(work) / case.name / f"{m}.nii.gz" for m in config.modalities]
-                image, _, info = prepare_case(files, case.name, len(files), False, case.labels,
-                                              config.image_shape, normalize=True,
-                                              crop_to_brain=True)
+            images, _, geometry = correct_case(dataclasses.replace(case, label=None), n4)
+            image, _, info = prepare_arrays(list(images.values()), None, geometry, case.name,
+                                            config.image_shape, names=[
+                                                case.images[m].name for m in config.modalities])
             probabilities = to_native_space(predict_volume(model, image, config), info)
             labels = config.labels or tuple((settings or {}).get("labels", case.labels))
             label_map = write_prediction(probabilities, info.original, out,
@@ -646,7 +643,6 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
             step = (min(config.patch_shape) - overlap) / min(config.patch_shape)
             config = dataclasses.replace(config, step=step, weighting="constant")
     config = dataclasses.replace(config, labels=config.labels or tuple(labels))
-    check_config(config)
     path = Path(validation_keys_file)
     if not path.is_file():
         raise InputError(f"{path}: validation keys file not found (training writes it)")
@@ -658,6 +654,8 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
             raise InputError(f"{path}: case indices {bad[:5]} are not in {hdf5_file} "
                              f"({len(store)} cases): the split belongs to another store")
         model = load_model(model_file, store.n_channels, len(config.labels))
+        config = dataclasses.replace(config, divisor=max(model_divisors(model)))
+        check_config(config)
         return [_validation_case(model, store, index, Path(output_dir), training_modalities,
                                  output_label_map, config, f"[{count}/{len(indices)}]", progress)
                 for count, index in enumerate(indices, start=1)]

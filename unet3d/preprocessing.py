@@ -102,11 +102,14 @@ def n4_bias_correction(image: np.ndarray, geometry: Geometry, mask: np.ndarray,
     return corrected.astype(np.float32)
 
 
-def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessConfig) -> str:
-    """Preprocess one case into `<out_dir>/<case.name>/`. Returns a short description.
+def correct_case(case: Case, config: PreprocessConfig
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray | None, Geometry]:
+    """Read one case and N4-correct the modalities of `config.bias_correction` in memory.
 
-    Raises `InputError` naming the case for a missing modality, files on different grids,
-    NaN/inf voxels, unreadable files or label values outside the case's release labels.
+    Returns ({modality: float32 (x, y, z)} in `config.modalities` order, the label map or None,
+    the case's geometry). Raises `InputError` naming the case for a missing modality, files on
+    different grids, NaN/inf voxels, unreadable files, all-zero images or label values outside the
+    case's release labels.
     """
     files = case.files(config.modalities)
     arrays, geometry = read_image_set(files, case.name)
@@ -118,17 +121,26 @@ def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessCo
     if not mask.any():
         raise InputError(f"case {case.name}: every modality is all zero; check the files in "
                          f"{case.directory}")
+    for modality in config.bias_correction:
+        if modality in images:
+            try:
+                images[modality] = n4_bias_correction(images[modality], geometry, mask,
+                                                      config.n4_shrink_factor, config.n4_iterations)
+            except InputError as error:
+                raise InputError(f"case {case.name}: {case.images[modality].name}: {error}") from None
+    return images, label, geometry
 
+
+def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessConfig) -> str:
+    """Preprocess one case into `<out_dir>/<case.name>/`. Returns a short description.
+
+    Raises `InputError` as `correct_case` does.
+    """
+    images, label, geometry = correct_case(case, config)
     out_dir = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".partial", dir=out_dir))
     try:
         for modality, image in images.items():
-            if modality in config.bias_correction:
-                try:
-                    image = n4_bias_correction(image, geometry, mask, config.n4_shrink_factor,
-                                               config.n4_iterations)
-                except InputError as error:
-                    raise InputError(f"case {case.name}: {case.images[modality].name}: {error}") from None
             write_nifti(image, geometry, tmp / f"{modality}.nii.gz", dtype=np.float32)
         if label is not None:
             write_nifti(label, geometry, tmp / f"{TRUTH_NAME}.nii.gz", dtype=np.uint8)

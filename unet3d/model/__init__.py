@@ -5,7 +5,7 @@ port's 3D U-Net, a classic 2D U-Net, and `load_old_model` for saved models.
 port's builders; the `build_*` functions return the same networks uncompiled.
 """
 
-from unet3d.model.blocks import SpatialSizeCheck
+from unet3d.model.blocks import SpatialSizeCheck, model_divisors
 from unet3d.model.isensee2017 import (
     build_isensee2017,
     deep_supervision_targets,
@@ -22,6 +22,7 @@ __all__ = [
     "deep_supervision_targets",
     "isensee2017_model",
     "load_old_model",
+    "model_divisors",
     "unet_model_2d",
     "unet_model_3d",
 ]

@@ -87,6 +87,15 @@ class SpatialSizeCheck(keras.layers.Layer):
         return {**super().get_config(), "divisors": list(self.divisors)}
 
 
+def model_divisors(model: keras.Model) -> tuple[int, ...]:
+    """What every spatial input size of `model` must be a multiple of: the divisors of its
+    `SpatialSizeCheck` layer (the builders of this package add one), else 1 per spatial axis."""
+    for layer in model.layers:
+        if isinstance(layer, SpatialSizeCheck):
+            return tuple(int(d) for d in layer.divisors)
+    return (1,) * (len(model.inputs[0].shape) - 2)
+
+
 def conv_block(
     x,
     filters: int,
