@@ -54,7 +54,7 @@ class DemoConfig:
     patch_shape: tuple[int, int, int] = (48, 48, 48)
     batch_size: int = 2
     steps_per_epoch: int = 25
-    n_epochs: int = 30
+    n_epochs: int = 50
     initial_learning_rate: float = 1e-3
     n_base_filters: int = 8
     workers: int = 1

@@ -225,6 +225,7 @@ def train(config: TrainConfig) -> RunResult:
             raise InputError(f"{flag} {batch} is the global batch and must be a multiple of the "
                              f"{replicas} replicas (devices): use a multiple of {replicas}")
     chief = is_chief()
+    keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
     labels = tuple(config.labels or store.labels or (1, 2, 4))
     config = dataclasses.replace(config, labels=labels)
