@@ -1,6 +1,6 @@
 """The whole pipeline on built-in synthetic data, with no download: one command.
 
-    python brats/demo.py                       # about 5 minutes on 2 CPU cores
+    python brats/demo.py                       # about 8 minutes on 2 CPU cores
     python brats/demo.py --n_cases 40 --shape 240,240,155 --patch_shape 128,128,128 \
         --n_base_filters 16 --n_epochs 300 --steps_per_epoch 100      # the paper's size (GPU)
 

@@ -40,7 +40,7 @@ from unet3d.synthetic import make_synthetic_brats
 
 @dataclasses.dataclass
 class DemoConfig:
-    """The demo's size; the defaults take about 5 minutes on 2 CPU cores (bfloat16 units).
+    """The demo's size; the defaults take about 8 minutes on 2 CPU cores (bfloat16 units).
 
     Cases are `shape` grids (BraTS' is 240 x 240 x 155); `n_test` of the `n_cases` are held out.
     Training is the paper recipe (random patches with a third on tumour, full augmentation,
