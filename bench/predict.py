@@ -27,11 +27,12 @@ import numpy as np
 from absl import app, flags
 
 from common import conv_flops, synthetic_cases, work_folder
-from unet3d.data import prepare_arrays
-from unet3d.model import isensee2017_model
-from unet3d.prediction import PredictConfig, predict_volume, window_corners
-from unet3d.preprocessing import PreprocessConfig, correct_case
 from unet3d.brats import find_cases
+from unet3d.config import PredictConfig
+from unet3d.inference import predict_volume, window_corners
+from unet3d.model import isensee2017_model
+from unet3d.model_space import to_model_space
+from unet3d.preprocessing import PreprocessConfig, correct_case
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("patch", 128, "Cubic window edge.")
@@ -45,7 +46,7 @@ flags.DEFINE_string("work_dir", None, "Folder for the case (default: a temporary
 
 def mode_config(mode: str) -> PredictConfig:
     if mode == "whole":
-        return PredictConfig(patch_shape=None)
+        return PredictConfig(whole_volume=True)
     patch = (FLAGS.patch,) * 3
     tta = "mirror" if mode.endswith("+mirror") else "none"
     return PredictConfig(patch_shape=patch, step=FLAGS.step, batch_size=FLAGS.batch_size, tta=tta)
@@ -53,7 +54,7 @@ def mode_config(mode: str) -> PredictConfig:
 
 def evaluated_flops(image: np.ndarray, config: PredictConfig) -> tuple[float, int]:
     """Convolution FLOPs of one prediction of `image` and the number of model calls."""
-    if config.patch_shape is None:
+    if config.whole_volume:
         padded = [int(np.ceil(n / 16)) * 16 for n in image.shape[:3]]
         model = isensee2017_model((*padded, 4), n_labels=3)
         return conv_flops(model), 1
@@ -73,7 +74,7 @@ def main(argv):
         images, _, geometry = correct_case(case, PreprocessConfig())
         n4_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        image, _, info = prepare_arrays(list(images.values()), None, geometry, case.name)
+        image, _, info = to_model_space(list(images.values()), None, geometry, case.name)
         prepare_seconds = time.perf_counter() - start
     print(f"case {case.name}: 4 x 240 x 240 x 155, brain crop {info.shape}; reading + N4 "
           f"{n4_seconds:.1f} s, crop + normalisation {prepare_seconds:.1f} s (as brats/predict.py); "

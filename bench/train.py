@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from common import run_child, synthetic_cases, work_folder
-from unet3d import recipes, training
+from unet3d import distribution, recipes
 from unet3d.data import write_data_to_file
 from unet3d.logs import setup_logging
 
@@ -67,8 +67,8 @@ def child(args: dict) -> dict:
         steps_per_epoch=args["steps"], n_epochs=args["epochs"], precision=args["precision"],
         strategy="mirrored" if args["replicas"] > 1 else "one_device",
         cpu_replicas=args["replicas"], workers=args["workers"], verbose=0)
-    strategy = training.make_strategy(config.strategy, config.cpu_replicas)
-    training.set_precision(config.precision)
+    strategy = distribution.make_strategy(config.strategy, config.cpu_replicas)
+    distribution.set_precision(config.precision)
     store = recipes.ensure_store(config)
     train_data, _ = recipes.make_datasets(config, store, config.batch_size, config.batch_size)
     if args["mode"] == "model only":

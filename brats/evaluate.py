@@ -13,10 +13,11 @@ to --output_dir, logs to <output_dir>/evaluate.log, one progress line per case, 
 table of the mean Dice and HD95 per region. Exit status 2 for bad arguments or input.
 """
 
-import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from unet3d import cli
 
 from unet3d.brats import LABELS
 from unet3d.errors import InputError
@@ -42,8 +43,7 @@ flags.mark_flags_as_required(["prediction_dir", "truth_dir", "output_dir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    del argv
     output_dir = Path(FLAGS.output_dir)
     logger = setup_logging(output_dir / "evaluate.log")
     try:
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

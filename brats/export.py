@@ -10,9 +10,9 @@ The folder appears complete or not at all. Exit status 2 for bad arguments or in
 unreadable model file, existing --output without --overwrite).
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
+from unet3d import cli
 
 from unet3d.errors import InputError
 from unet3d.export import export_model
@@ -43,4 +43,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

@@ -10,7 +10,9 @@ enhancing tumour. See `unet3d.synthetic` for what the cases contain.
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from unet3d import cli
 
 from unet3d.errors import InputError
 from unet3d.synthetic import make_synthetic_brats, parse_shape
@@ -33,18 +35,18 @@ def report(index: int, n_cases: int, case_dir: Path, seconds: float) -> None:
     print(f"[{index}/{n_cases}] {case_dir.name} written ({seconds:.1f} s)", flush=True)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main(argv) -> int:
+    del argv
     try:
         make_synthetic_brats(FLAGS.out_dir, n_cases=FLAGS.n_cases, shape=parse_shape(FLAGS.shape),
                              seed=FLAGS.seed, naming=FLAGS.naming, overwrite=FLAGS.overwrite,
                              progress=report)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     print(f"wrote {FLAGS.n_cases} case(s) to {FLAGS.out_dir}")
+    return 0
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -10,11 +10,12 @@ skipped unless --overwrite. Exit status 1 if any case failed (the others are sti
 2 for bad arguments or input.
 """
 
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from unet3d import cli
 
 from unet3d.brats import MODALITIES
 from unet3d.data import write_store_from_folder
@@ -88,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(lambda argv: sys.exit(main(argv)))
+    cli.run(main)

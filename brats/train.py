@@ -6,15 +6,13 @@ Defaults: the store resampled to 144^3, a grid of 64^3 patches, batch 6, Adam 1e
 plateau schedule, Dice loss over the raw labels. Rerunning the same command resumes.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from unet3d import cli
-from unet3d.cli import define_training_flags, train_main
+from unet3d.cli import define_training_flags, run, train_main
 
 define_training_flags(("unet",))
 flags.adopt_module_key_flags(cli)  # --helpshort lists them
 
 if __name__ == "__main__":
-    sys.exit(app.run(train_main))
+    run(train_main)

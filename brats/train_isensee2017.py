@@ -9,15 +9,13 @@ resampled images, permutations, plateau schedule, weighted Dice over the raw lab
 Rerunning the same command resumes from the last completed epoch. Exit status 2 on bad input.
 """
 
-import sys
-
-from absl import app, flags
+from absl import flags
 
 from unet3d import cli
-from unet3d.cli import define_training_flags, train_main
+from unet3d.cli import define_training_flags, run, train_main
 
 define_training_flags(("paper", "legacy"))
 flags.adopt_module_key_flags(cli)  # --helpshort lists them
 
 if __name__ == "__main__":
-    sys.exit(app.run(train_main))
+    run(train_main)

@@ -1,17 +1,14 @@
-"""Shared fixtures: small synthetic BraTS cases written once per test session."""
+"""Shared fixtures: small synthetic BraTS cases written once per test session. (Helpers that
+tests import are in helpers.py.)"""
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import SMALL_SHAPE
 from unet3d.brats import MODALITIES, find_cases
 from unet3d.data import write_data_to_file
 from unet3d.synthetic import make_synthetic_brats
-
-REPO = Path(__file__).resolve().parents[1]
-SMALL_SHAPE = (64, 64, 48)
 
 
 @pytest.fixture(scope="session")
@@ -37,11 +34,3 @@ def store_path(cases, tmp_path_factory) -> Path:
                        modalities=MODALITIES)
     return path
 
-
-def run_script(script: str, *args: str):
-    """Run brats/<script> in a subprocess; returns the CompletedProcess (text output)."""
-    import subprocess
-
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, str(REPO / "brats" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=600)

@@ -14,9 +14,10 @@ import tables
 
 from unet3d.brats import MODALITIES, find_cases
 from unet3d.data import (DataStore, add_data_to_storage, create_data_file, open_data_file,
-                         restore_to_original, write_data_to_file, write_store_from_folder)
+                         write_data_to_file, write_store_from_folder)
 from unet3d.errors import InputError
 from unet3d.io import read_nifti, write_nifti
+from unet3d.model_space import ModelSpace, restore_to_original
 from unet3d.synthetic import make_synthetic_brats
 
 
@@ -27,6 +28,7 @@ def test_paper_mode_zscore_inside_the_brain_and_zero_outside(cases, store_path):
         assert len(store) == 4 and store.n_channels == 4 and store.has_truth
         assert store.subject_ids == [c.name for c in cases]
         assert store.labels == (1, 2, 4) and store.modalities == MODALITIES
+        assert store.space == ModelSpace() and store.spacing == (1.0, 1.0, 1.0)
         for index, case in enumerate(cases):
             image, truth = store.read_image(index), store.read_truth(index)
             info = store.case_info(index)
@@ -81,6 +83,8 @@ def test_legacy_resampling_mode(cases, tmp_path):
         truth = store.read_truth(0)
         assert set(np.unique(truth)) <= {0, 1, 2, 4} and truth.any()
         assert store.case_info(0).resampled and store.subject_ids == ["case 0", "case 1"]
+        assert store.space == ModelSpace(image_shape=(32, 40, 24))
+        assert store.preprocessing is None  # written from files of unknown preprocessing
 
 
 def test_unlabelled_store(cases, tmp_path):

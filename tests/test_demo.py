@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 from unet3d.brats import find_cases
 from unet3d.io import read_nifti
 

@@ -4,7 +4,6 @@ No Docker engine is needed: the Dockerfile and .dockerignore are read as text an
 setup.py, so editing one without the other fails here.
 """
 
-import ast
 import re
 import shlex
 import shutil
@@ -15,7 +14,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from conftest import REPO
+import unet3d
+from helpers import REPO, install_requires
 
 ROOT_USERS = {"root", "0"}
 
@@ -52,24 +52,6 @@ def build_args() -> dict[str, str]:
             name, _, default = arguments.partition("=")
             args[name] = default.strip('"')
     return args
-
-
-def setup_keywords() -> dict:
-    """The literal keyword arguments of setup.py's `setup(...)` call."""
-    tree = ast.parse((REPO / "setup.py").read_text())
-    call = next(node for node in ast.walk(tree)
-                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup")
-    keywords = {}
-    for keyword in call.keywords:
-        try:
-            keywords[keyword.arg] = ast.literal_eval(keyword.value)
-        except ValueError:  # computed values such as long_description
-            pass
-    return keywords
-
-
-def install_requires() -> dict[str, Requirement]:
-    return {(r := Requirement(line)).name: r for line in setup_keywords()["install_requires"]}
 
 
 def pip_install_arguments() -> list[str]:
@@ -136,10 +118,10 @@ def test_dockerfile_installs_the_package_from_setup_py():
         f"the Dockerfile installs {extra}, which are not in setup.py's install_requires")
 
 
-def test_image_version_label_matches_setup_py():
+def test_image_version_label_matches_the_package():
     labels = " ".join(arguments for keyword, arguments in instructions() if keyword == "LABEL")
     match = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', labels)
-    assert match and match.group(1) == setup_keywords()["version"]
+    assert match and match.group(1) == unet3d.__version__
 
 
 def test_runs_as_non_root_user():

@@ -12,11 +12,11 @@ from matplotlib import image as mpimg
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from conftest import run_script
+from helpers import run_script
 from unet3d.errors import InputError
 from unet3d.evaluation import (HD95_EMPTY, SCORE_COLUMNS, dice, evaluate_case, evaluate_folder,
-                               find_truth_files, hausdorff95, overlay_slice, read_training_log,
-                               region_masks, sensitivity, specificity, summarize, surface_voxels)
+                               find_truth_files, hausdorff95, region_masks, sensitivity,
+                               specificity, summarize, surface_voxels)
 from unet3d.io import read_nifti, write_nifti
 from unet3d.logs import get_logger
 from unet3d.synthetic import make_synthetic_brats
@@ -195,16 +195,6 @@ def test_summarize_by_hand():
     assert summary["q1"]["wt_dice"] == pytest.approx(3 / 8)
     assert summary["q3"]["wt_dice"] == pytest.approx(1.0)
     assert summary["mean"]["et_hd95"] == 0.0
-
-
-def test_overlay_slice():
-    truth, pred = np.zeros((2, 8, 8, 9), dtype=bool)
-    truth[0:2, 0:2, 2] = True
-    truth[0:3, 0:3, 5] = True
-    pred[0, 0, 1] = True
-    assert overlay_slice(truth, pred) == 5
-    assert overlay_slice(np.zeros_like(truth), pred) == 1
-    assert overlay_slice(np.zeros_like(truth), np.zeros_like(pred)) == 4
 
 
 # --------------------------------------------------------------------------- folders
@@ -389,17 +379,3 @@ def test_brats2023_labels(tmp_path):
     assert_png(tmp_path / "out" / "overlays" / f"{case}.png")
     with pytest.raises(InputError, match=r"\[3\].*use labels 1, 2, 3"):
         evaluate_folder(predictions, truth_dir, tmp_path / "out", labels=(1, 2, 4))
-
-
-def test_read_training_log(tmp_path):
-    log = tmp_path / "training.log"
-    log.write_text("epoch,loss,val_loss\n0,0.9,0.8\n1,0.7,NA\n")
-    history = read_training_log(log)
-    assert history["epoch"].tolist() == [0, 1] and history["loss"].tolist() == [0.9, 0.7]
-    assert history["val_loss"][0] == 0.8 and np.isnan(history["val_loss"][1])
-    log.write_text("epoch,val_loss\n0,0.8\n")
-    with pytest.raises(InputError, match="no column loss"):
-        read_training_log(log)
-    log.write_text("epoch,loss\n0,oops\n")
-    with pytest.raises(InputError, match="line 2: loss = 'oops' is not a number"):
-        read_training_log(log)

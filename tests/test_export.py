@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 from unet3d.errors import InputError
 from unet3d.export import export_model
 from unet3d.model import build_isensee2017, isensee2017_model, load_old_model

@@ -1,22 +1,20 @@
-"""Training / validation datasets from a data store: splits, patch lists, random patches,
-multi-process loading and a tiny `model.fit`."""
+"""Training / validation datasets from a data store: patch lists, random patches, multi-process
+loading and a tiny `model.fit` (the split: test_splits.py)."""
 
 import math
 import os
-import pickle
-import warnings
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from helpers import split_files as keys
 from unet3d.augment import AugmentConfig, generate_permutation_keys, permute_data
-from unet3d.brats import MODALITIES
 from unet3d.data import DataStore, add_data_to_storage, create_data_file, write_data_to_file
 from unet3d.errors import InputError
 from unet3d.generator import (PatchListDataset, RandomPatchDataset, get_number_of_steps,
                               get_training_and_validation_datasets,
-                              get_training_and_validation_generators, get_validation_split)
+                              get_training_and_validation_generators)
 from unet3d.utils.patches import compute_patch_indices
 
 LABELS = (1, 2, 4)
@@ -26,21 +24,10 @@ PATCH = (16, 16, 16)
 # --------------------------------------------------------------------------- fixtures / helpers
 
 
-
 @pytest.fixture(scope="module")
 def store(store_path):
     with DataStore(store_path) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def big_store_path(cases, tmp_path_factory):
-    """12 cases: the 4 synthetic cases written three times."""
-    path = tmp_path_factory.mktemp("generator_big") / "data.h5"
-    files = [c.files() for c in cases] * 3
-    write_data_to_file(files, path, subject_ids=[f"case{i}" for i in range(len(files))],
-                       modalities=MODALITIES)
-    return path
 
 
 # a store whose labels are painted from channel 0: ED where ch0 > 0.4, NCR > 0.55, ET > 0.7, so
@@ -89,10 +76,6 @@ def assert_regions_painted(images, targets, min_agreement=0.95):
             assert not np.any(differ & ~border), (channel, int(np.sum(differ & ~border)))
 
 
-def keys(tmp_path, name="a"):
-    return tmp_path / f"training_{name}.pkl", tmp_path / f"validation_{name}.pkl"
-
-
 def edge_patch(array, corner, shape=PATCH):
     """Patch at `corner` with edge padding, computed with np.pad (the legacy semantics)."""
     pad = max(shape)
@@ -135,77 +118,6 @@ def test_number_of_steps():
         get_number_of_steps(0, 4)
     with pytest.raises(InputError, match="batch size"):
         get_number_of_steps(5, 0)
-
-
-def test_validation_split_is_seeded_and_saved_as_pickled_int_lists(big_store_path, tmp_path):
-    t0, v0 = get_validation_split(big_store_path, *keys(tmp_path, "s0"), data_split=0.75, seed=0)
-    assert len(t0) == 9 and len(v0) == 3
-    assert sorted(t0 + v0) == list(range(12))
-    with open(tmp_path / "training_s0.pkl", "rb") as f:
-        saved_training = pickle.load(f)
-    with open(tmp_path / "validation_s0.pkl", "rb") as f:
-        saved_validation = pickle.load(f)
-    assert type(saved_training) is list and all(type(k) is int for k in saved_training)
-    assert saved_training == t0 and saved_validation == v0
-    # same seed, new files: same split; other seeds: other orders
-    assert get_validation_split(big_store_path, *keys(tmp_path, "s0b"), data_split=0.75,
-                                seed=0) == (t0, v0)
-    others = [get_validation_split(big_store_path, *keys(tmp_path, f"s{s}"), data_split=0.75,
-                                   seed=s) for s in (1, 2)]
-    assert all(o[0] + o[1] != t0 + v0 for o in others)
-    assert others[0][0] + others[0][1] != others[1][0] + others[1][1]
-
-
-def test_validation_split_reuses_existing_files(big_store_path, tmp_path):
-    first = get_validation_split(big_store_path, *keys(tmp_path), seed=0)
-    assert get_validation_split(big_store_path, *keys(tmp_path), seed=5) == first
-    assert get_validation_split(big_store_path, *keys(tmp_path), seed=5, data_split=0.5) == first
-    redrawn = get_validation_split(big_store_path, *keys(tmp_path), seed=5, overwrite=True)
-    assert redrawn != first
-    assert get_validation_split(big_store_path, *keys(tmp_path), seed=0) == redrawn
-
-
-def test_validation_split_rejects_files_of_another_store(store_path, tmp_path):
-    training, validation = keys(tmp_path)
-    for bad_training, bad_validation, message in [([0, 1, 9], [2], "out of range"),
-                                                  ([0, 1, 2], [2], "overlap")]:
-        with open(training, "wb") as f:
-            pickle.dump(bad_training, f)
-        with open(validation, "wb") as f:
-            pickle.dump(bad_validation, f)
-        with pytest.raises(InputError, match=message):
-            get_validation_split(store_path, training, validation)
-    training.write_bytes(b"not a pickle")
-    with pytest.raises(InputError, match="cannot read"):
-        get_validation_split(store_path, training, validation)
-    # overwrite=True draws a fresh split instead
-    t, v = get_validation_split(store_path, training, validation, overwrite=True)
-    assert sorted(t + v) == [0, 1, 2, 3]
-
-
-def test_failed_split_write_leaves_no_partial_file(store_path, tmp_path, monkeypatch):
-    def boom(*args, **kwargs):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pickle, "dump", boom)
-    with pytest.raises(OSError):
-        get_validation_split(store_path, *keys(tmp_path))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_writing_a_split_uses_no_deprecated_api(store_path, tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)
-        get_validation_split(store_path, *keys(tmp_path))
-
-
-def test_validation_split_bad_fractions(store_path, tmp_path):
-    with pytest.raises(InputError):
-        get_validation_split(store_path, *keys(tmp_path), data_split=0.0)
-    with pytest.raises(InputError):
-        get_validation_split(store_path, *keys(tmp_path), data_split=0.1)  # no training case
-    t, v = get_validation_split(store_path, *keys(tmp_path, "all"), data_split=1.0)
-    assert sorted(t) == [0, 1, 2, 3] and v == []
 
 
 # --------------------------------------------------------------------------- legacy generators

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_script
+from helpers import run_script
 from unet3d.errors import InputError
 from unet3d.io import read_nifti, write_nifti
-from unet3d.preprocessing import PreprocessConfig, n4_bias_correction, preprocess_brats
+from unet3d.data import DataStore, write_store_from_folder
+from unet3d.preprocessing import (PreprocessConfig, n4_bias_correction, preprocess_brats,
+                                  read_preprocess_config)
 from unet3d.synthetic import WHITE_MATTER, brats_geometry, generate_case
 
 
@@ -69,7 +71,12 @@ def test_preprocess_writes_legacy_layout_on_the_original_grid(brats_copy, tmp_pa
     t1_out, geometry = read_nifti(folder / "t1.nii.gz")
     assert geometry == seg_geometry and t1_out.dtype == np.float32
     assert not np.allclose(t1_in, t1_out) and np.all(t1_out[t1_in == 0] == 0)
-    assert (out / "preprocess.json").is_file()
+    # the settings are recorded, and a store of the folder carries them to the model card
+    assert read_preprocess_config(out) == (PreprocessConfig(), (1, 2, 4))
+    assert read_preprocess_config(brats_copy) == (None, None)
+    with DataStore(write_store_from_folder(out, tmp_path / "store.h5",
+                                           progress=lambda line: None)) as store:
+        assert store.preprocessing == PreprocessConfig() and store.labels == (1, 2, 4)
 
 
 def test_preprocess_resumes_and_overwrites(brats_copy, tmp_path):

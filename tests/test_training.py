@@ -5,6 +5,7 @@ that must happen before TensorFlow starts; the scripts run as a user would run t
 """
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -16,19 +17,21 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from helpers import REPO, paper_run, run_script
 from unet3d.brats import MODALITIES
 from unet3d.data import DataStore, write_data_to_file
 from unet3d.errors import InputError
-from unet3d.recipes import TrainConfig, check_config, preset
+from unet3d.model_space import ModelSpace
+from unet3d.recipes import TrainConfig, build_model, check_config, check_divisors, preset
 from unet3d.training import (EpochSync, NaNGuard, RunCheckpoint, exponential_decay,
                              get_callbacks, load_old_model, make_schedule, poly_decay,
-                             run_training, scaled_learning_rate, set_precision, step_decay)
+                             run_training, scaled_learning_rate, step_decay)
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -172,21 +175,11 @@ def test_get_callbacks_picks_step_decay_or_plateau(tmp_path):
     assert not any(isinstance(c, keras.callbacks.EarlyStopping) for c in plateau)
 
 
-def test_set_precision(float32_policy):
-    assert set_precision("float32") == "float32"
-    assert keras.mixed_precision.global_policy().name == "float32"
-    assert set_precision("mixed_bfloat16") == "mixed_bfloat16"
-    assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    bf16 = "amx_bf16" in flags or "avx512_bf16" in flags
-    assert set_precision("auto") == ("mixed_bfloat16" if bf16 else "float32")  # no GPU here
-    with pytest.raises(InputError, match="float16"):
-        set_precision("float16")
-
-
 @pytest.mark.parametrize("overrides, message", [
     (dict(loss="focal"), "unknown loss 'focal'"),
-    (dict(patch_shape=(64, 64, 40)), "divisible by 16"),
+    (dict(model="vnet"), "unknown model 'vnet'"),
+    (dict(patch_shape=(64, 64)), "three positive sizes"),
+    (dict(steps_per_epoch=None), "--steps_per_epoch"),
     (dict(patch_shape=None, random_patches=False, batch_size=2), "--patch_shape"),
     (dict(batch_size=0), "--batch_size"),
     (dict(patch_shape=None, batch_size=1), "random patches need --patch_shape"),
@@ -196,10 +189,23 @@ def test_check_config_rejects(overrides, message):
         check_config(TrainConfig(**overrides))
 
 
-def test_check_config_divisor_depends_on_model():
-    check_config(preset("unet", patch_shape=(24, 24, 24)))  # plain U-Net: multiples of 8
-    with pytest.raises(InputError, match="divisible by 16"):
-        check_config(preset("paper", patch_shape=(24, 24, 24)))
+def test_the_divisor_comes_from_the_model():
+    """Patches are checked against the divisors the built network reports (its depth decides),
+    not against a guess from the model's name."""
+    crop, resampled = SimpleNamespace(space=ModelSpace()), SimpleNamespace(
+        space=ModelSpace(image_shape=(40, 40, 40)))
+    paper = preset("paper", n_base_filters=2)
+    isensee = build_model(paper, 4, 3)
+    unet = build_model(preset("unet", n_base_filters=2), 4, 3)  # depth 4: multiples of 8
+    check_divisors(preset("unet", patch_shape=(24, 24, 24)), crop, unet)
+    check_divisors(dataclasses.replace(paper, patch_shape=(32, 48, 16)), crop, isensee)
+    with pytest.raises(InputError, match="24,24,24: every size must be divisible by 16"):
+        check_divisors(dataclasses.replace(paper, patch_shape=(24, 24, 24)), crop, isensee)
+    with pytest.raises(InputError, match="divisible by 8 for the unet3d model"):
+        check_divisors(preset("unet", patch_shape=(20, 20, 20)), crop, unet)
+    # whole resampled images: the store's shape is the sample
+    with pytest.raises(InputError, match="--image_shape 40,40,40"):
+        check_divisors(preset("legacy"), resampled, isensee)
     with pytest.raises(InputError, match="unknown preset 'nope'"):
         preset("nope")
 
@@ -232,8 +238,8 @@ def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path):
     """A NaN epoch is neither saved nor counted: the message promises the last good checkpoint
     (regression: RunCheckpoint used to save the NaN weights and count the epoch as done)."""
     data = RecordingDataset(bad={(1, 2): np.nan})
-    result = run_training(tiny_model, data, None, tmp_path / "m.keras", tmp_path / "log.csv", 3,
-                          verbose=0)
+    result = run_training(tiny_model, lambda: (data, None), tmp_path / "m.keras",
+                          tmp_path / "log.csv", 3, verbose=0)
     assert result.stopped_by_nan
     state = RunCheckpoint.load_state(tmp_path / "m.keras.run")
     last = load_old_model(tmp_path / "m.keras.run" / "last.keras")
@@ -241,7 +247,7 @@ def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path):
     assert state["epochs_done"] == 1
     assert [row["epoch"] for row in read_log(tmp_path / "log.csv")] == ["0"]
     # with the data fixed, the same command redoes epoch 1 from the good checkpoint
-    again = run_training(tiny_model, RecordingDataset(), None, tmp_path / "m.keras",
+    again = run_training(tiny_model, lambda: (RecordingDataset(), None), tmp_path / "m.keras",
                          tmp_path / "log.csv", 3, verbose=0)
     assert again.resumed_from == 1 and again.epochs_done == 3 and not again.stopped_by_nan
     rows = read_log(tmp_path / "log.csv")
@@ -281,7 +287,7 @@ def test_run_training_resume_restores_plateau_counters(tmp_path):
 
     def rates(folder, stops):
         for n_epochs in stops:
-            result = run_training(build, RecordingDataset(3, depends_on_epoch=False), None,
+            result = run_training(build, lambda: (RecordingDataset(3, depends_on_epoch=False), None),
                                   folder / "m.keras", folder / "log.csv", n_epochs,
                                   callbacks=[plateau()], verbose=0)
         return result, [float(row["learning_rate"]) for row in read_log(folder / "log.csv")]
@@ -301,7 +307,7 @@ def test_resumed_run_reproduces_an_uninterrupted_one(tmp_path):
     schedule = make_schedule("exponential", 0.05, 3)
 
     def train(folder, n_epochs):
-        return run_training(tiny_model, RecordingDataset(), None, folder / "m.keras",
+        return run_training(tiny_model, lambda: (RecordingDataset(), None), folder / "m.keras",
                             folder / "log.csv", n_epochs, schedule, verbose=0)
 
     train(tmp_path / "a", 3)
@@ -320,7 +326,7 @@ MIRROR_PROGRAM = """
 import json
 import numpy as np
 from unet3d.errors import InputError
-from unet3d.training import make_strategy
+from unet3d.distribution import make_strategy
 
 mirrored = make_strategy("mirrored", cpu_replicas=2)  # first TensorFlow thing in the process
 import keras
@@ -529,26 +535,40 @@ def test_resumed_run_keeps_the_optimizer_state(runs):
 
 # --------------------------------------------------------------------------- 6. bad settings
 
-@pytest.mark.parametrize("args, expected", [
-    (["--patch_shape", "30,30,30"], ["--patch_shape (30, 30, 30)", "divisible by 16"]),
-    (["--batch_size", "3", "--cpu_replicas", "2", "--strategy", "mirrored"],
-     ["--batch_size 3", "multiple of the 2 replicas"]),
-    (["--data_file", "missing.h5"], ["missing.h5 does not exist", "--preprocessed_dir"]),
-], ids=["patch", "replicas", "data_file"])
-def test_bad_settings_stop_before_training(args, expected, tmp_path, store_path, monkeypatch):
+def nothing_written(folder: Path) -> bool:
+    return (not list(folder.glob("*.keras")) and not (folder / "m.keras.run").exists()
+            and not (folder / "training_ids.pkl").exists() and not (folder / "missing.h5").exists())
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (dict(patch_shape=(30, 30, 30)), "--patch_shape 30,30,30: every size must be divisible by 16"),
+    (dict(data_file="missing.h5"), "missing.h5 does not exist.*--preprocessed_dir"),
+], ids=["patch", "data_file"])
+def test_bad_settings_stop_before_training(overrides, expected, tmp_path, store_path, monkeypatch,
+                                           float32_policy):
+    """Nothing is written, not even the split: the network's divisors are checked before the
+    data are prepared."""
+    from unet3d.recipes import train
+
     shutil.copy(store_path, tmp_path / "data.h5")
     monkeypatch.chdir(tmp_path)
-    result = run_script("train_isensee2017.py", "--data_file", str(tmp_path / "data.h5"),
-                        "--model_file", str(tmp_path / "m.keras"), "--n_epochs", "1",
-                        "--n_base_filters", "4", "--workers", "0", "--precision", "float32",
-                        *args)
+    config = preset("paper", **{**dict(data_file="data.h5", model_file="m.keras", n_epochs=1,
+                                       n_base_filters=4, workers=0, precision="float32"),
+                                **overrides})
+    with pytest.raises(InputError, match=expected):
+        train(config)
+    assert nothing_written(tmp_path)
+
+
+def test_the_training_script_exits_2_on_bad_settings(tmp_path, store_path, monkeypatch):
+    shutil.copy(store_path, tmp_path / "data.h5")
+    monkeypatch.chdir(tmp_path)
+    result = run_script("train_isensee2017.py", "--data_file", "data.h5", "--model_file",
+                        "m.keras", "--n_epochs", "1", "--workers", "0", "--batch_size", "3",
+                        "--cpu_replicas", "2", "--strategy", "mirrored")
     assert result.returncode == 2, result.stderr[-3000:]
-    for text in expected:
-        assert text in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not list(tmp_path.glob("*.keras")) and not (tmp_path / "m.keras.run").exists()
-    assert not (tmp_path / "training_ids.pkl").exists()  # nothing was split either
-    assert not (tmp_path / "missing.h5").exists()
+    assert "--batch_size 3" in result.stderr and "multiple of the 2 replicas" in result.stderr
+    assert "Traceback" not in result.stderr and nothing_written(tmp_path)
 
 
 # --------------------------------------------------------------------------- 7. store building
@@ -673,14 +693,9 @@ def whole_case_dice(model, store, case):
 def test_short_synthetic_run_learns(store_path, tmp_path, float32_policy):
     from unet3d.recipes import train
 
-    shutil.copy(store_path, tmp_path / "data.h5")
-    config = preset("paper", data_file=str(tmp_path / "data.h5"),
-                    model_file=str(tmp_path / "m.keras"), training_log=str(tmp_path / "log.csv"),
-                    training_keys_file=str(tmp_path / "training_ids.pkl"),
-                    validation_keys_file=str(tmp_path / "validation_ids.pkl"),
-                    patch_shape=(32, 32, 32), batch_size=4, steps_per_epoch=8, n_epochs=12,
-                    n_base_filters=8, initial_learning_rate=5e-3, precision="float32",
-                    workers=0, seed=0, verbose=0)
+    config = paper_run(tmp_path, store_path, patch_shape=(32, 32, 32), batch_size=4,
+                       steps_per_epoch=8, n_epochs=12, n_base_filters=8,
+                       initial_learning_rate=5e-3, seed=0)
     result = train(config)
     assert result.epochs_done == 12 and not result.stopped_by_nan
     losses = [row["loss"] for row in result.history]

@@ -1,7 +1,6 @@
 """unet3d: the Isensee et al. 2017 3D U-Net pipeline for BraTS in TensorFlow 2 / Keras 3.
 
-Phases, one module each: `synthetic` (BraTS-format test data), `brats` (naming conventions, case
-discovery), `preprocessing` (N4 bias correction), `data` (the compressed HDF5 store).
+The pipeline's phases, the module of each and where every default lives: docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,105 +1,220 @@
-"""Command-line plumbing shared by the training scripts: absl flags -> `TrainConfig`."""
+"""Command-line plumbing of the entry scripts: flags generated from the settings dataclasses, and
+the exit statuses.
+
+Every field of a settings dataclass (`TrainConfig`, `PredictConfig`, `DemoConfig`) is a flag of
+the same name (`define_flags`). The field's type gives the syntax (sizes as `128,128,128`, `none`
+for None, a name among the field's choices), its metadata the help text, and the default shown is
+the value of the recipe the command line chose (`--preset`), so `--helpshort` prints what a run
+would use. `config_from_flags` puts the flags that were given over the recipe's values. Nothing is
+typed twice: a default lives in its dataclass only (`unet3d.config`).
+
+`run(main)` runs a script like `absl.app.run`, with the project's exit statuses: 0 all good, 1 some
+case failed, 2 bad usage (a bad flag value or argument included); `--help` exits 0.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import sys
+import types
+import typing
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from absl import flags
+from absl import app, flags
 
+from unet3d.config import TrainConfig, preset
 from unet3d.errors import InputError
 from unet3d.logs import setup_logging
-from unet3d.recipes import LOSSES, TrainConfig, preset, train
-from unet3d.training import SCHEDULES, is_chief
 
 FLAGS = flags.FLAGS
+HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
 
 
-def define_training_flags(presets: tuple[str, ...]) -> None:
-    """Flags of brats/train_isensee2017.py and brats/train.py; unset ones take the preset's value."""
-    flags.DEFINE_enum("preset", presets[0], presets,
-                      "Recipe (paper: Isensee 2017 with nnU-Net's region training; legacy: the "
-                      "Keras-2 port's config; unet: the port's plain 3D U-Net).")
-    flags.DEFINE_string("data_file", None, "HDF5 data store (built from --preprocessed_dir if "
-                        "missing). Default brats_data.h5.")
-    flags.DEFINE_string("preprocessed_dir", None, "Folder written by brats/preprocess.py, used "
-                        "to build --data_file when it does not exist.")
-    flags.DEFINE_string("model_file", None, "Best model (.keras); the run's checkpoints go to "
-                        "<model_file>.run/. Rerunning the same command resumes.")
-    flags.DEFINE_string("training_log", None, "CSV log, one row per epoch (training.log).")
-    flags.DEFINE_string("training_keys_file", None, "The saved split: training case indices "
-                        "(training_ids.pkl), written on the first run and reused after.")
-    flags.DEFINE_string("validation_keys_file", None, "The saved split: validation case indices "
-                        "(validation_ids.pkl).")
-    flags.DEFINE_float("data_split", None, "Fraction of the cases used for training when the "
-                       "split is drawn (0.8; 1.0: no validation).")
-    flags.DEFINE_integer("n_epochs", None, "Epochs of the run (paper 300, legacy 500).")
-    flags.DEFINE_integer("steps_per_epoch", None, "Batches per epoch (paper 100; legacy: one "
-                         "pass over the training patches).")
-    flags.DEFINE_integer("batch_size", None, "Global batch, split over the replicas (paper 2).")
-    flags.DEFINE_integer("validation_batch_size", None, "Global validation batch.")
-    flags.DEFINE_list("patch_shape", None, "Training patch, e.g. 64,64,64 (paper 128,128,128); "
-                      "'none' for whole images.")
-    flags.DEFINE_list("image_shape", None, "Build --data_file resampled to this shape (legacy "
-                      "128,128,128; 'none': brain-cropped at native resolution, the paper).")
-    flags.DEFINE_float("initial_learning_rate", None, "Adam learning rate (paper 5e-4).")
-    flags.DEFINE_enum("lr_schedule", None, list(SCHEDULES), "Learning-rate schedule (paper "
-                      "exponential: lr * 0.985**epoch; legacy plateau).")
-    flags.DEFINE_enum("precision", "auto", ["auto", "float32", "mixed_float16", "mixed_bfloat16"],
-                      "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with bf16 units.")
-    flags.DEFINE_enum("strategy", "auto", ["auto", "one_device", "mirrored", "multi_worker"],
-                      "auto: multi_worker with TF_CONFIG, mirrored with several GPUs.")
-    flags.DEFINE_integer("cpu_replicas", 1, "Without GPUs: split the CPU into this many logical "
-                         "devices, one replica each (to test or measure distribution).")
-    flags.DEFINE_integer("workers", None, "Processes making batches (0: in the training process).")
-    flags.DEFINE_integer("seed", None, "Seed of the split, patches and augmentation.")
-    flags.DEFINE_integer("n_base_filters", None, "Filters of the first level (16; plain U-Net 32).")
-    flags.DEFINE_enum("loss", None, list(LOSSES), "Loss (paper: bce_dice over WT/TC/ET; legacy: "
-                      "weighted_dice over the raw labels; dice: multiclass soft Dice; "
-                      "dice_coefficient: the port's plain U-Net loss).")
+# --------------------------------------------------------------------------------------------
+# Values <-> command-line text.
 
 
-def _shape(values: list[str] | None, flag: str):
-    if values is None:
-        return None
-    if [v.lower() for v in values] == ["none"]:
+def _options(hint) -> tuple[list, bool]:
+    """(the types a field's annotation allows besides None, whether None is allowed)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        return [a for a in args if a is not type(None)], type(None) in args
+    return [hint], False
+
+
+def format_value(value: Any) -> str:
+    """The command-line text of a setting: sizes as `128,128,128`, None as `none`."""
+    if value is None:
         return "none"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _parse_tuple(text: str, hint) -> tuple:
+    item, *rest = typing.get_args(hint)
+    values = tuple(item(part.strip()) for part in text.split(","))
+    length = None if rest == [Ellipsis] else 1 + len(rest)
+    if length is not None and len(values) != length:
+        raise ValueError(f"expected {length} comma-separated values, got {len(values)}")
+    return values
+
+
+def parse_value(text: str, hint, metadata: dict) -> Any:
+    """A setting of type `hint` from its command-line text (`metadata`: the field's choices and
+    aliases). Raises `ValueError` with what is expected."""
+    options, optional = _options(hint)
+    if optional and text.strip().lower() == "none":
+        return None
+    aliases = metadata.get("aliases") or {}
+    if text in aliases:
+        return tuple(aliases[text])
+    for option in options:
+        try:
+            value = (_parse_tuple(text, option) if typing.get_origin(option) is tuple
+                     else option(text))
+        except ValueError as error:
+            if len(options) == 1:
+                raise ValueError(f"{text!r}: {error}") from None
+            continue
+        choices = metadata.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"{text!r}: choose one of {', '.join(choices)}")
+        return value
+    raise ValueError(f"{text!r} is not a valid value")
+
+
+class _Parser(flags.ArgumentParser):
+    def __init__(self, hint, metadata: dict):
+        self.hint, self.metadata = hint, metadata
+
+    def parse(self, argument):
+        return parse_value(argument, self.hint, self.metadata) if isinstance(argument, str) \
+            else argument
+
+    def flag_type(self) -> str:
+        return "setting"
+
+
+class _Serializer(flags.ArgumentSerializer):
+    def serialize(self, value) -> str:
+        return format_value(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Flags <-> settings dataclasses.
+
+
+def help_text(field: dataclasses.Field, default: Any) -> str:
+    """A field's flag help: its choices, its help, what none means, and a None default (absl
+    shows the other defaults itself)."""
+    metadata = field.metadata
+    text = metadata["help"]
+    if metadata.get("choices"):
+        text = f"<{'|'.join(metadata['choices'])}>: {text}"
+    if metadata.get("none"):
+        text += f" 'none': {metadata['none']}."
+    if default is None:
+        text += " (default: 'none')"
+    return text
+
+
+def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = FLAGS) -> None:
+    """Define one flag per field of the dataclass `config_class` in `flag_values`, showing the
+    values of `defaults` (an instance) as the defaults."""
+    hints = typing.get_type_hints(config_class)
+    for field in dataclasses.fields(config_class):
+        default = getattr(defaults, field.name)
+        if hints[field.name] is bool:
+            flags.DEFINE_boolean(field.name, default, help_text(field, default),
+                                 flag_values=flag_values)
+        else:
+            flags.DEFINE(_Parser(hints[field.name], field.metadata), field.name, default,
+                         help_text(field, default), flag_values=flag_values,
+                         serializer=_Serializer())
+
+
+def config_from_flags(config_class: type, base, flag_values: flags.FlagValues = FLAGS):
+    """`base` (an instance of `config_class`) with the values of the flags of `flag_values` that
+    were given on the command line."""
+    given = {field.name: flag_values[field.name].value
+             for field in dataclasses.fields(config_class) if flag_values[field.name].present}
+    return dataclasses.replace(base, **given)
+
+
+def argv_value(name: str, argv: Sequence[str]) -> str | None:
+    """The value of `--name` on a command line (`--name value` or `--name=value`), before absl
+    parses it."""
+    for index, argument in enumerate(argv):
+        if argument in (f"--{name}", f"-{name}") and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith((f"--{name}=", f"-{name}=")):
+            return argument.split("=", 1)[1]
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Running a script.
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
     try:
-        shape = tuple(int(v) for v in values)
-    except ValueError:
-        shape = ()
-    if len(shape) != 3 or min(shape) < 1:
-        raise InputError(f"--{flag} {','.join(values)}: expected three sizes such as 64,64,64")
-    return shape
+        remaining = FLAGS(argv)
+    except flags.Error as error:
+        sys.stderr.write(f"error: {error}\nPass --helpshort to see the flags.\n")
+        sys.exit(2)
+    except SystemExit as stop:  # absl's --help ends with status 1
+        sys.exit(0 if stop.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv)
+                 else stop.code)
+    if len(remaining) > 1:
+        sys.stderr.write(f"error: unexpected arguments: {' '.join(remaining[1:])} (the "
+                         "scripts take flags only; --helpshort lists them)\n")
+        sys.exit(2)
+    return remaining
 
 
-def config_from_flags() -> TrainConfig:
-    """`TrainConfig` of `--preset` with every flag that was set applied."""
-    overrides = {name: getattr(FLAGS, name) for name in (
-        "data_file", "preprocessed_dir", "model_file", "training_log", "training_keys_file",
-        "validation_keys_file", "data_split", "n_epochs",
-        "steps_per_epoch", "batch_size", "validation_batch_size", "initial_learning_rate",
-        "lr_schedule", "workers", "seed", "n_base_filters", "loss")}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    patch = _shape(FLAGS.patch_shape, "patch_shape")
-    if patch == "none":
-        overrides.update(patch_shape=None, random_patches=False)
-    elif patch is not None:
-        overrides["patch_shape"] = patch
-    image = _shape(FLAGS.image_shape, "image_shape")
-    if image is not None:
-        overrides["image_shape"] = None if image == "none" else image
-    overrides.update(precision=FLAGS.precision, strategy=FLAGS.strategy,
-                     cpu_replicas=FLAGS.cpu_replicas)
-    return preset(FLAGS.preset, **overrides)
+def run(main: Callable[[list[str]], int]) -> None:
+    """Run a script's `main(argv) -> exit status` with absl, exiting 2 on a bad flag."""
+    app.run(main, flags_parser=_parse_flags)
+
+
+# --------------------------------------------------------------------------------------------
+# The training scripts.
+
+
+def define_training_flags(presets: Sequence[str]) -> None:
+    """The flags of brats/train_isensee2017.py and brats/train.py: `--preset` (one of `presets`)
+    and one per `TrainConfig` field, showing the chosen preset's values."""
+    chosen = argv_value("preset", sys.argv)
+    chosen = chosen if chosen in presets else presets[0]
+    flags.DEFINE_enum("preset", presets[0], list(presets),
+                      "Recipe, its values the defaults of the other flags (paper: Isensee 2017 "
+                      "with nnU-Net's region training; legacy: the Keras-2 port's config; unet: "
+                      "the port's plain 3D U-Net).")
+    define_flags(TrainConfig, preset(chosen))
+
+
+def training_config_from_flags() -> TrainConfig:
+    """The `TrainConfig` of `--preset` with every flag that was given applied. `--patch_shape
+    none` alone also turns random patches off (whole images go through the port's grid)."""
+    config = config_from_flags(TrainConfig, preset(FLAGS.preset))
+    if FLAGS["patch_shape"].present and config.patch_shape is None \
+            and not FLAGS["random_patches"].present:
+        config = dataclasses.replace(config, random_patches=False)
+    return config
 
 
 def train_main(argv) -> int:
     """Body of the training scripts: exit 0 when done, 1 if stopped by a NaN loss, 2 on bad
     input (a message, no traceback). Logs to <model_file>.log besides the console."""
     del argv
+    from unet3d.distribution import is_chief
+    from unet3d.recipes import train
+
     logger = setup_logging()
     try:
-        config = config_from_flags()
+        config = training_config_from_flags()
         if is_chief():
             logger = setup_logging(Path(config.model_file).with_suffix(".log"))
         result = train(config)
@@ -108,6 +223,7 @@ def train_main(argv) -> int:
         return 2
     if result.stopped_by_nan:
         return 1
-    logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file}; log: "
-                f"{config.training_log}")
+    logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file} (its model "
+                f"card inside); log: {config.training_log}")
     return 0
+

@@ -16,10 +16,14 @@ to [0, 1] with 0 outside the brain; values are stored as uint16 (x 1/65535: step
 than float16, and integers convert to float32 faster on reading). Cases have different sizes: case i
 fills `[0:shape_i]` of its slab (`DataStore.case_shape(i)`), the rest is zero padding that
 compresses to nothing and is never read. `/cases` records the crop box and the original grid so a
-prediction maps back exactly to the original file (`restore_to_original`).
+prediction maps back exactly to the original file (`unet3d.model_space.to_native_space`).
 
 Legacy mode (`image_shape` given) crops to the non-zero bounding box padded by one voxel and
 resamples every case to `image_shape`, stretching each brain, as the legacy port did.
+
+Root attributes record what the model card of a model trained on the store needs: `labels`,
+`modalities`, the model space (`mode` "crop" or "resample", `cropped`, `normalized`, `clip`;
+`DataStore.space`) and, when known, the N4 settings of the files (`preprocessing`, JSON).
 
 Stores in the legacy port's layout (float32 (N, C, X, Y, Z) `/data`, (N, 1, X, Y, Z) `/truth`,
 Blosc level 5, default chunks) open and read through `DataStore` too.
@@ -31,111 +35,36 @@ handle in every process that uses it, so it is safe to pass to worker processes.
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import tables
 
 from unet3d.brats import LABELS, MODALITIES, find_cases
+from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
-from unet3d.io import (Geometry, check_label_values, publish, read_image_set, temporary_path,
-                       to_sitk)
+from unet3d.io import Geometry, nifti_shape, publish, temporary_path
 from unet3d.logs import get_logger
-from unet3d.preprocessing import brain_mask, read_settings
+from unet3d.model_space import CLIP, CaseInfo, ModelSpace, prepare_case, stored_grid
+from unet3d.preprocessing import PreprocessConfig, read_preprocess_config
 
 FORMAT = "unet3d-store-1"
 #: Edge of the cubic chunks of `/data` and `/truth`: a random 128^3 patch touches at most 5^3.
 CHUNK_EDGE = 32
 #: Codec of the store: Blosc with LZ4 and byte shuffle (bench/store.py compares the others).
 FILTERS = tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
-#: Filters of the legacy port's layout (Blosc, level 5, default chunks).
-LEGACY_FILTERS = tables.Filters(complevel=5, complib="blosc")
-#: z-scores are clipped to [-CLIP, CLIP] before rescaling to [0, 1] (the paper).
-CLIP = 5.0
+#: The port's names for writing its layout (`unet3d.legacy.data`), importable from here.
+LEGACY_NAMES = ("create_data_file", "add_data_to_storage")
 
 
-# --------------------------------------------------------------------------------------------
-# Pure array functions: bounding boxes, crop and its inverse, normalisation, legacy resampling.
-
-
-def bounding_box(mask: np.ndarray, pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Bounding box of the True voxels: (start, stop) int arrays, stop exclusive.
-
-    `pad` voxels are added on each side, limited to the array. An empty mask gives the whole array.
-    """
-    shape = np.asarray(mask.shape)
-    if not mask.any():
-        return np.zeros(len(shape), dtype=int), shape.copy()
-    start, stop = [], []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        start.append(present[0])
-        stop.append(present[-1] + 1)
-    start = np.maximum(np.asarray(start) - pad, 0)
-    stop = np.minimum(np.asarray(stop) + pad, shape)
-    return start, stop
-
-
-def crop(array: np.ndarray, start: Sequence[int], stop: Sequence[int]) -> np.ndarray:
-    """array[start:stop] over the first three axes."""
-    return array[tuple(slice(int(a), int(b)) for a, b in zip(start, stop))]
-
-
-def restore_to_original(array: np.ndarray, start: Sequence[int],
-                        original_shape: Sequence[int], fill: float = 0) -> np.ndarray:
-    """Inverse of `crop`: place a cropped (x, y, z[, c]) array back on the original grid.
-
-    Voxels outside the crop box get `fill`. `restore_to_original(crop(a, s, e), s, a.shape)`
-    equals `a` wherever `a` is inside [s, e).
-    """
-    out = np.full(tuple(original_shape) + array.shape[3:], fill, dtype=array.dtype)
-    out[tuple(slice(int(a), int(a) + n) for a, n in zip(start, array.shape[:3]))] = array
-    return out
-
-
-def normalize_modality(image: np.ndarray, mask: np.ndarray, clip: float = CLIP) -> np.ndarray:
-    """The paper's intensity normalisation of one (x, y, z) modality. Returns float32.
-
-    z-score over the voxels of `mask`, clip to [-clip, clip], rescale to [0, 1]; 0 outside `mask`.
-    Raises `InputError` if the modality is constant inside the mask.
-    """
-    values = image[mask].astype(np.float64)
-    mean, std = values.mean(), values.std()
-    if not std > 0:
-        raise InputError("the image is constant inside the brain (standard deviation 0)")
-    out = (np.clip((image - mean) / std, -clip, clip) + clip) / (2 * clip)
-    out[~mask] = 0
-    return out.astype(np.float32)
-
-
-def resampled_grid(geometry: Geometry, start: np.ndarray, stop: np.ndarray,
-                     image_shape: Sequence[int]) -> Geometry:
-    """The grid of `image_shape` voxels covering the box [start, stop) of `geometry` edge to edge."""
-    spacing_in = np.asarray(geometry.spacing)
-    spacing_out = spacing_in * (stop - start) / np.asarray(image_shape)
-    direction = np.asarray(geometry.direction).reshape(3, 3)
-    first_centre = spacing_in * (start - 0.5) + spacing_out * 0.5
-    origin = np.asarray(geometry.origin) + direction @ first_centre
-    return Geometry(tuple(int(n) for n in image_shape), tuple(float(s) for s in spacing_out),
-                    tuple(float(o) for o in origin), geometry.direction)
-
-
-def resample(array: np.ndarray, geometry: Geometry, target: Geometry,
-             interpolator: int = sitk.sitkLinear) -> np.ndarray:
-    """Resample an (x, y, z) array from `geometry` onto the grid `target` (0 outside)."""
-    image = to_sitk(array, geometry)
-    reference = sitk.Image([int(n) for n in target.shape], image.GetPixelID())
-    reference.SetSpacing(target.spacing)
-    reference.SetOrigin(target.origin)
-    reference.SetDirection(target.direction)
-    out = sitk.Resample(image, reference, sitk.Transform(), interpolator, 0.0)
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
-
+def __getattr__(name: str):
+    if name in LEGACY_NAMES:
+        from unet3d.legacy import data as legacy
+        return getattr(legacy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # --------------------------------------------------------------------------------------------
 # Per-case record of where the stored volume came from.
@@ -150,24 +79,6 @@ class _CaseRow(tables.IsDescription):
     spacing = tables.Float64Col(shape=(3,), pos=5)
     origin = tables.Float64Col(shape=(3,), pos=6)
     direction = tables.Float64Col(shape=(9,), pos=7)
-
-
-@dataclass(frozen=True)
-class CaseInfo:
-    """Where case `subject_id` of a store came from.
-
-    shape: the stored (valid) extent of the case, (x, y, z).
-    crop_start, crop_stop: the box of the original grid it was cropped from.
-    original: the original file's grid (write predictions on it to overlay the input).
-    resampled: True for legacy-mode stores (the box was resampled to `shape`).
-    """
-
-    subject_id: str
-    shape: tuple[int, int, int]
-    crop_start: tuple[int, int, int]
-    crop_stop: tuple[int, int, int]
-    original: Geometry
-    resampled: bool
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,10 +149,7 @@ class StoreWriter:
             labels[(0, *region)] = truth
             self._truth.append(labels)
         geometry = info.original
-        stored_grid = (resampled_grid(geometry, np.asarray(info.crop_start),
-                                        np.asarray(info.crop_stop), shape)
-                       if info.resampled else geometry.cropped(info.crop_start, info.crop_stop))
-        self._affine.append(stored_grid.affine[np.newaxis])
+        self._affine.append(stored_grid(info).affine[np.newaxis])
         self._cases.append([(info.subject_id.encode("utf-8"), shape, info.crop_start,
                              info.crop_stop, geometry.shape, geometry.spacing, geometry.origin,
                              geometry.direction)])
@@ -268,77 +176,13 @@ class StoreWriter:
             self.abort()
 
 
-def _header_shape(path: str | os.PathLike) -> tuple[int, int, int]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise InputError(f"{path}: cannot read this NIfTI file (corrupt or truncated?)") from None
-    return tuple(int(n) for n in reader.GetSize())
-
-
-def prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels: int,
-                 with_truth: bool, labels: Sequence[int], image_shape: Sequence[int] | None,
-                 normalize: bool, crop_to_brain: bool) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
-    """Read one case's files and bring it to the store's space: (image, truth, info)."""
-    arrays, geometry = read_image_set(files, subject_id)
-    truth = None
-    if with_truth:
-        truth = arrays[n_channels].astype(np.uint8)
-        check_label_values(truth, labels, files[n_channels], subject_id)
-    return prepare_arrays(arrays[:n_channels], truth, geometry, subject_id, image_shape,
-                          normalize, crop_to_brain, [Path(f).name for f in files[:n_channels]])
-
-
-def prepare_arrays(images: Sequence[np.ndarray], truth: np.ndarray | None, geometry: Geometry,
-                   subject_id: str, image_shape: Sequence[int] | None = None,
-                   normalize: bool = True, crop_to_brain: bool = True,
-                   names: Sequence[str] | None = None
-                   ) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
-    """Bring one case's arrays to the store's space: (image (x, y, z, c), truth, info).
-
-    images: the modalities, (x, y, z) each, on `geometry`; truth: uint8 (x, y, z) or None.
-    image_shape: None crops to the brain at native resolution (the paper); a shape resamples the
-        brain box to it (the legacy port). names: how errors name the images (file names).
-    """
-    names = names or [f"channel {c}" for c in range(len(images))]
-    mask = brain_mask(images)
-    if not mask.any():
-        raise InputError(f"case {subject_id}: every modality is all zero ({', '.join(names)})")
-    legacy = image_shape is not None
-    if crop_to_brain:
-        box_mask = mask | (truth > 0) if (legacy and truth is not None) else mask
-        start, stop = bounding_box(box_mask, pad=1 if legacy else 0)
-    else:
-        start, stop = np.zeros(3, dtype=int), np.asarray(geometry.shape)
-    if normalize:
-        normalized = []
-        for name, image in zip(names, images):
-            try:
-                normalized.append(normalize_modality(image, mask))
-            except InputError as error:
-                raise InputError(f"case {subject_id}: {name}: {error}") from None
-        images = normalized
-    if legacy:
-        target = resampled_grid(geometry, start, stop, image_shape)
-        images = [resample(image, geometry, target) for image in images]
-        if truth is not None:
-            truth = resample(truth, geometry, target, sitk.sitkNearestNeighbor)
-    else:
-        images = [crop(image, start, stop) for image in images]
-        truth = crop(truth, start, stop) if truth is not None else None
-    info = CaseInfo(subject_id, tuple(int(n) for n in images[0].shape), tuple(int(n) for n in start),
-                    tuple(int(n) for n in stop), geometry, resampled=legacy)
-    return np.stack(images, axis=-1), truth, info
-
-
 def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]],
                        out_file: str | os.PathLike, image_shape: Sequence[int] | None = None,
                        truth_dtype: np.dtype = np.uint8, subject_ids: Sequence[str] | None = None,
                        normalize: bool = True, crop: bool = True, *, with_truth: bool = True,
                        labels: Sequence[int] = LABELS["brats2020"],
                        modalities: Sequence[str] | None = None,
+                       preprocessing: PreprocessConfig | None = None,
                        progress: Callable[[str], None] | None = None) -> str:
     """Write cases into a data store at `out_file` (atomically; replaces an existing file).
 
@@ -352,6 +196,8 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     crop: crop to the brain bounding box (otherwise keep the whole grid).
     labels: the foreground label values allowed in label files (BraTS 2023: (1, 2, 3)).
     modalities: names of the channels, stored as an attribute.
+    preprocessing: how the files were preprocessed (N4), recorded for the model card; None:
+        not known.
     progress: called with one line per case.
 
     Returns `out_file`. Raises `InputError` naming the case and file for bad input.
@@ -376,15 +222,18 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
             raise InputError(f"image_shape {image_shape} must be three positive sizes (x, y, z)")
         spatial_shape = image_shape
     else:
-        spatial_shape = tuple(np.max([_header_shape(case[0]) for case in files], axis=0))
+        spatial_shape = tuple(np.max([nifti_shape(case[0]) for case in files], axis=0))
+    space = ModelSpace(image_shape, crop_to_brain=bool(crop), normalize=bool(normalize))
     attributes = {"labels": list(labels), "modalities": list(modalities or []),
                   "mode": "resample" if image_shape is not None else "crop",
-                  "normalized": bool(normalize)}
+                  "normalized": space.normalize, "cropped": space.crop_to_brain,
+                  "clip": space.clip}
+    if preprocessing is not None:
+        attributes["preprocessing"] = json.dumps(to_plain(preprocessing))
     dtype = np.uint16 if normalize else np.float32
     with StoreWriter(out_file, n_channels, spatial_shape, with_truth, dtype, attributes) as writer:
         for index, (case, name) in enumerate(zip(files, names)):
-            image, truth, info = prepare_case(case, name, n_channels, with_truth, labels,
-                                               image_shape, normalize, crop)
+            image, truth, info = prepare_case(case, name, n_channels, with_truth, labels, space)
             writer.append(image, truth, info)
             progress(f"[{index + 1}/{len(files)}] {name}: stored {info.shape}")
         writer.commit(subject_ids)
@@ -400,7 +249,8 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
 
     The store holds labels if every case has a label file and none if no case has one; a mix is
     an error (keep training and prediction cases in separate folders). `labels` defaults to the
-    convention recorded by `brats/preprocess.py`, else to the cases' release naming.
+    convention recorded by `brats/preprocess.py`, else to the cases' release naming; the N4
+    settings it recorded go into the store (and from there into the model card).
     """
     cases = find_cases(preprocessed_dir)
     labelled = [case.label is not None for case in cases]
@@ -409,45 +259,12 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
         raise InputError(f"{preprocessed_dir}: {len(missing)} of {len(cases)} cases have no label "
                          f"file ({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); a "
                          "store is all labelled or all unlabelled: move them to another folder")
-    if labels is None:
-        settings = read_settings(preprocessed_dir) or {}
-        labels = tuple(settings.get("labels", cases[0].labels))
+    preprocessing, recorded_labels = read_preprocess_config(preprocessed_dir)
+    labels = labels or recorded_labels or cases[0].labels
     return write_data_to_file([case.files(tuple(modalities)) for case in cases], data_file,
                               image_shape=image_shape, subject_ids=[case.name for case in cases],
                               with_truth=all(labelled), labels=labels, modalities=modalities,
-                              progress=progress)
-
-
-# --------------------------------------------------------------------------------------------
-# The legacy port's writing API (its layout: channels-first float32, Blosc level 5).
-
-
-def create_data_file(out_file: str | os.PathLike, n_channels: int, n_samples: int,
-                     image_shape: Sequence[int]):
-    """Create a store in the legacy port's layout. Returns (file, data, truth, affine) arrays.
-
-    `/data` is float32 (N, n_channels, *image_shape), `/truth` uint8 (N, 1, *image_shape),
-    `/affine` float32 (N, 4, 4), Blosc level 5 with PyTables' default chunks.
-    """
-    hdf5_file = tables.open_file(str(out_file), mode="w")
-    data_shape = (0, int(n_channels), *image_shape)
-    truth_shape = (0, 1, *image_shape)
-    data = hdf5_file.create_earray(hdf5_file.root, "data", tables.Float32Atom(), shape=data_shape,
-                                   filters=LEGACY_FILTERS, expectedrows=n_samples)
-    truth = hdf5_file.create_earray(hdf5_file.root, "truth", tables.UInt8Atom(), shape=truth_shape,
-                                    filters=LEGACY_FILTERS, expectedrows=n_samples)
-    affine = hdf5_file.create_earray(hdf5_file.root, "affine", tables.Float32Atom(),
-                                     shape=(0, 4, 4), filters=LEGACY_FILTERS,
-                                     expectedrows=n_samples)
-    return hdf5_file, data, truth, affine
-
-
-def add_data_to_storage(data_storage, truth_storage, affine_storage, subject_data: Sequence[np.ndarray],
-                        affine: np.ndarray, n_channels: int, truth_dtype: np.dtype = np.uint8) -> None:
-    """Append one case to legacy-layout arrays: `subject_data` is the modalities, then the truth."""
-    data_storage.append(np.asarray(subject_data[:n_channels])[np.newaxis])
-    truth_storage.append(np.asarray(subject_data[n_channels], dtype=truth_dtype)[np.newaxis, np.newaxis])
-    affine_storage.append(np.asarray(affine)[np.newaxis])
+                              preprocessing=preprocessing, progress=progress)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,6 +321,19 @@ class DataStore:
         self.data_scale = float(getattr(attrs, "data_scale", 1.0))
         self._shapes = (root.cases.col("shape").astype(int) if "cases" in root
                         else np.tile(self.spatial_shape, (self.n_cases, 1)))
+        # How the cases were brought to the store's space (the port's stores: resampled).
+        resampled = self.legacy_layout or getattr(attrs, "mode", "crop") == "resample"
+        self.space = ModelSpace(self.spatial_shape if resampled else None,
+                                crop_to_brain=bool(getattr(attrs, "cropped", True)),
+                                normalize=bool(getattr(attrs, "normalized", True)),
+                                clip=float(getattr(attrs, "clip", CLIP)))
+        #: The N4 settings of the files the store was written from (None: not recorded).
+        self.preprocessing = (from_plain(PreprocessConfig, json.loads(attrs.preprocessing),
+                                         f"{self.path} (preprocessing)")
+                              if "preprocessing" in attrs._v_attrnames else None)
+        #: The median voxel spacing (mm) of the cases' native grids (None: not recorded).
+        self.spacing = (tuple(float(s) for s in np.median(root.cases.col("spacing"), axis=0))
+                        if "cases" in root and self.n_cases else None)
 
     @property
     def file(self) -> tables.File:
@@ -554,7 +384,7 @@ class DataStore:
         return CaseInfo(row["subject_id"].decode("utf-8"), self.case_shape(index),
                         tuple(int(n) for n in row["crop_start"]),
                         tuple(int(n) for n in row["crop_stop"]), original,
-                        resampled=getattr(self.file.root._v_attrs, "mode", "crop") == "resample")
+                        resampled=self.space.image_shape is not None)
 
     def _read_into(self, node: str, index: int, lo: Sequence[int], hi: Sequence[int],
                    out: np.ndarray, offset: Sequence[int]) -> None:
@@ -619,3 +449,13 @@ class DataStore:
             if truth is not None:
                 self._read_into("truth", index, lo, hi, truth, offset)
         return image, truth
+
+
+#: A store given by its path or as an open `DataStore`.
+DataFile = str | os.PathLike | DataStore
+
+
+def open_store(data_file: DataFile) -> DataStore:
+    """`data_file` itself if it is a `DataStore`, else the store at that path."""
+    return data_file if isinstance(data_file, DataStore) else DataStore(data_file)
+

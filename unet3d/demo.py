@@ -10,7 +10,7 @@ Everything lives under `work_dir`:
     work_dir/test/<case>/...         held-out cases (their labels are only used to score)
     work_dir/preprocessed/           N4-corrected training cases (brats/preprocess.py's layout)
     work_dir/brats_data.h5           the data store
-    work_dir/model.keras (+ .json, .run/, .log) and work_dir/training.log
+    work_dir/model.keras (its model card inside and in .json; .run/, .log), training.log
     work_dir/predictions/<case>.nii.gz
     work_dir/evaluation/             scores.csv, summary.csv, boxplot.png, loss_graph.png, overlays/
 
@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Callable
 
 from unet3d import recipes
+from unet3d.config import PRECISIONS, PredictConfig, option
 from unet3d.data import write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.evaluation import evaluate_folder, format_summary
 from unet3d.logs import get_logger
-from unet3d.prediction import predict_cases, predict_config
+from unet3d.prediction import predict_cases
 from unet3d.preprocessing import preprocess_brats
 from unet3d.synthetic import make_synthetic_brats
 
@@ -42,24 +43,26 @@ from unet3d.synthetic import make_synthetic_brats
 class DemoConfig:
     """The demo's size; the defaults take about 8 minutes on 2 CPU cores (bfloat16 units).
 
-    Cases are `shape` grids (BraTS' is 240 x 240 x 155); `n_test` of the `n_cases` are held out.
     Training is the paper recipe (random patches with a third on tumour, full augmentation,
     WT/TC/ET targets, BCE + Dice, Adam with exponential decay) at a smaller size.
     """
 
-    work_dir: str = "demo"
-    n_cases: int = 16
-    n_test: int = 4
-    shape: tuple[int, int, int] = (96, 96, 64)
-    patch_shape: tuple[int, int, int] = (48, 48, 48)
-    batch_size: int = 2
-    steps_per_epoch: int = 25
-    n_epochs: int = 50
-    initial_learning_rate: float = 1e-3
-    n_base_filters: int = 8
-    workers: int = 1
-    precision: str = "auto"
-    seed: int = 0
+    work_dir: str = option("demo", "Folder for every file the demo writes.")
+    n_cases: int = option(16, "Synthetic cases in all.")
+    n_test: int = option(4, "Cases held out for prediction and scoring.")
+    shape: tuple[int, int, int] = option((96, 96, 64), "Case grid X,Y,Z, each at least 32 (BraTS: "
+                                         "240,240,155).")
+    patch_shape: tuple[int, int, int] = option((48, 48, 48), "Training patch and prediction "
+                                               "window, sizes divisible by 16.")
+    batch_size: int = option(2, "Patches per batch.")
+    steps_per_epoch: int = option(25, "Batches per epoch.")
+    n_epochs: int = option(50, "Epochs.")
+    initial_learning_rate: float = option(1e-3, "Adam's first learning rate (x 0.985 per "
+                                          "epoch).")
+    n_base_filters: int = option(8, "Filters of the first level (the paper: 16).")
+    workers: int = option(1, "Batch-making processes.")
+    precision: str = option("auto", "Training precision.", choices=PRECISIONS)
+    seed: int = option(0, "Seed of the data, the split and training.")
 
 
 def _split_cases(config: DemoConfig, work: Path, progress: Callable[[str], None]) -> None:
@@ -125,8 +128,7 @@ def run_demo(config: DemoConfig = DemoConfig(),
     recipes.train(train_config)
     step("4/5 prediction of the held-out cases (native space)")
     report = predict_cases(train_config.model_file, work / "test", work / "predictions",
-                           predict_config(train_config.model_file), overwrite=True,
-                           progress=progress)
+                           PredictConfig(), overwrite=True, progress=progress)
     if report.failed:
         raise InputError(f"prediction failed for {sorted(report.failed)}: "
                          f"{next(iter(report.failed.values()))}")

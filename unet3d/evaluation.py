@@ -19,23 +19,18 @@ Conventions (the BraTS ones; no metric is ever NaN, so CSVs and summaries stay u
 
 `evaluate_folder` scores a folder of predictions `<case>.nii.gz` against the BraTS truths and
 writes `scores.csv`, `summary.csv`, `boxplot.png`, optionally `loss_graph.png` and per-case
-`overlays/<case>.png`. Figures are drawn on `matplotlib.figure.Figure` objects (the Agg renderer,
-no pyplot): nothing is displayed, no backend is switched, and no figure outlives its function.
+`overlays/<case>.png` (the figures: `unet3d.plots`).
 """
 
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
 from scipy import ndimage
 
 from unet3d.brats import NIFTI_EXTENSIONS, classify_file, find_cases
@@ -43,6 +38,7 @@ from unet3d.errors import InputError
 from unet3d.io import atomic_write, check_label_values, read_nifti
 from unet3d.labels import DEFAULT_LABELS, REGION_NAMES, brats_regions
 from unet3d.logs import get_logger
+from unet3d.plots import plot_boxplot, plot_loss_graph, plot_overlay, read_training_log
 
 #: HD95 (mm) when exactly one of truth and prediction is empty: the BraTS image diagonal.
 HD95_EMPTY = 373.13
@@ -59,9 +55,6 @@ STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q1", "q3")
 # Probability maps that brats/predict.py --probabilities writes beside <case>.nii.gz.
 _PROBABILITY_MAP = re.compile(r"_(wt|tc|et|label_\d+)$")
 
-# Contour colours of the overlays and line styles of the regions.
-TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "magenta"
-REGION_STYLES = {"wt": "solid", "tc": "dashed", "et": "dotted"}
 
 
 # --------------------------------------------------------------------------- metrics
@@ -443,117 +436,3 @@ def write_summary(summary: Mapping[str, Mapping[str, float]], path: str | os.Pat
         writer = csv.DictWriter(stream, fieldnames=["statistic", *SCORE_COLUMNS])
         writer.writeheader()
         writer.writerows({"statistic": name, **summary[name]} for name in STATISTICS)
-
-
-def read_training_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The columns of a Keras CSV training log as float arrays ("NA" and empty cells are NaN).
-
-    Raises:
-        InputError: when the file is missing, has no epoch or loss column, no rows, or a cell
-            that is not a number.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"training log {path}: file not found; pass the CSV log written during "
-                         "training (training.log) or leave the option out")
-    with open(path, newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = {"epoch", "loss"} - set(reader.fieldnames or ())
-        if missing:
-            raise InputError(f"training log {path}: no column {', '.join(sorted(missing))}; "
-                             "expected the CSV log of keras.callbacks.CSVLogger (epoch, loss, "
-                             "val_loss, ...)")
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames}
-        for row in reader:
-            if None in row:
-                raise InputError(f"training log {path}, line {reader.line_num}: more cells than "
-                                 "columns in the header")
-            for name, cell in row.items():
-                try:
-                    columns[name].append(math.nan if cell in ("", "NA", None) else float(cell))
-                except ValueError:
-                    raise InputError(f"training log {path}, line {reader.line_num}: {name} = "
-                                     f"{cell!r} is not a number") from None
-    if not columns["epoch"]:
-        raise InputError(f"training log {path}: no epoch logged yet")
-    return {name: np.array(values) for name, values in columns.items()}
-
-
-def _save(figure: Figure, path: Path) -> None:
-    with atomic_write(path, ".png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-
-
-def plot_loss_graph(history: Mapping[str, np.ndarray], path: str | os.PathLike,
-                    title: str = "training log") -> None:
-    """Plot loss (and val_loss when logged) against epoch into a PNG, atomically."""
-    figure = Figure(figsize=(6, 4))
-    ax = figure.subplots()
-    ax.plot(history["epoch"], history["loss"], label="training loss")
-    if "val_loss" in history:
-        ax.plot(history["epoch"], history["val_loss"], label="validation loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    figure.tight_layout()
-    _save(figure, Path(path))
-
-
-def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Box plots over cases of Dice (left) and HD95 (right) per region into a PNG, atomically."""
-    names = [region.upper() for region in REGION_NAMES]
-    figure = Figure(figsize=(9, 4))
-    dice_ax, hd95_ax = figure.subplots(1, 2)
-    for ax, metric, label in ((dice_ax, "dice", "Dice"), (hd95_ax, "hd95", "HD95 (mm)")):
-        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in REGION_NAMES])
-        ax.set_xticks(range(1, len(names) + 1), names)
-        ax.set_ylabel(label)
-        ax.grid(axis="y", alpha=0.3)
-    dice_ax.set_ylim(-0.02, 1.02)
-    figure.suptitle(f"{len(rows)} case(s)")
-    figure.tight_layout()
-    _save(figure, Path(path))
-
-
-def overlay_slice(truth_wt: np.ndarray, pred_wt: np.ndarray) -> int:
-    """The axial (z) index of the largest whole-tumour cross-section: of the truth, of the
-    prediction when the truth is empty, the middle slice when both are."""
-    for mask in (truth_wt, pred_wt):
-        areas = mask.sum(axis=(0, 1))
-        if areas.any():
-            return int(np.argmax(areas))
-    return truth_wt.shape[2] // 2
-
-
-def plot_overlay(flair: np.ndarray, truth: Mapping[str, np.ndarray],
-                 pred: Mapping[str, np.ndarray], case: str, wt_dice: float,
-                 path: str | os.PathLike) -> None:
-    """FLAIR slice with the truth and prediction contours of WT, TC and ET into a PNG, atomically.
-
-    `truth` and `pred` are region masks (`region_masks`); arrays are (x, y, z) on one grid. The
-    axial slice is `overlay_slice`'s. Truth contours are drawn in `TRUTH_COLOUR`, prediction
-    contours in `PREDICTION_COLOUR`, one line style per region.
-    """
-    z = overlay_slice(truth["wt"], pred["wt"])
-    image = flair[:, :, z].T  # rows y, columns x: anterior up, patient's right on the left
-    figure = Figure(figsize=(6, 6))
-    ax = figure.subplots()
-    ax.imshow(image, cmap="gray", vmin=0, vmax=max(float(np.percentile(image, 99.5)), 1e-6))
-    handles = []
-    for region in REGION_NAMES:
-        # The truth is drawn wider than the prediction, so that both show where they agree.
-        for masks, colour, width, source in ((truth, TRUTH_COLOUR, 2.4, "truth"),
-                                             (pred, PREDICTION_COLOUR, 1.2, "prediction")):
-            section = masks[region][:, :, z].T
-            if section.any():
-                ax.contour(section.astype(np.float32), levels=[0.5], colors=colour,
-                           linestyles=REGION_STYLES[region], linewidths=width)
-            handles.append(Line2D([], [], color=colour, linestyle=REGION_STYLES[region],
-                                  linewidth=width, label=f"{source} {region.upper()}"))
-    ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
-    ax.set_title(f"{case}  z={z}  WT Dice {wt_dice:.3f}")
-    ax.axis("off")
-    figure.tight_layout()
-    _save(figure, Path(path))

@@ -6,8 +6,9 @@ writes the folder
 
     exported/isensee2017/
         saved_model/               TensorFlow SavedModel, serving signature "serving_default"
-        isensee2017_model.keras    the Keras model file, copied as trained
-        signature.json             inputs and outputs: names, shapes, dtypes, channel names
+        isensee2017_model.keras    the Keras model file, copied as trained (its model card inside)
+        signature.json             inputs and outputs: names, shapes, dtypes, channel names, and
+                                   the model card (how inputs must be made: unet3d.model.card)
         README.txt                 the same for people, with how to load it
 
 The signature takes `image`, float32 `(batch, x, y, z, channels)` (channels-last) with any
@@ -35,9 +36,7 @@ import tensorflow as tf
 import unet3d
 from unet3d.errors import InputError
 from unet3d.io import publish
-from unet3d.model import load_old_model, model_divisors
-from unet3d.prediction import load_settings
-from unet3d.prediction import output_names as prediction_output_names
+from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 
 SAVED_MODEL_DIR = "saved_model"
 SIGNATURE_NAME = "serving_default"
@@ -57,10 +56,10 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         output_dir: the folder to create. It is built beside itself under a hidden temporary name
             and renamed when complete, so it never holds a partial export.
         channel_names: the input channels in order (e.g. `("t1", "t1ce", "flair", "t2")`),
-            recorded in signature.json; None: the modalities training recorded in
-            `<model_file>.json`, else not recorded.
-        output_names: the output channels in order (e.g. `("wt", "tc", "et")`); None: from
-            `<model_file>.json` (regions or label values), else not recorded.
+            recorded in signature.json; None: the modalities of the model card, else not
+            recorded.
+        output_names: the output channels in order (e.g. `("wt", "tc", "et")`); None: those of
+            the model card, else not recorded.
         overwrite: replace an existing `output_dir` instead of raising `InputError`.
 
     Raises `InputError` naming the file or folder when the model file is missing or unreadable,
@@ -80,12 +79,11 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         raise InputError(f"exporting a SavedModel needs the TensorFlow backend, not "
                          f"{keras.backend.backend()!r}: run with KERAS_BACKEND=tensorflow")
     model = load_old_model(model_file, compile=False)
-    settings = load_settings(model_file)  # what training recorded beside the model
-    if channel_names is None and settings.get("modalities"):
-        channel_names = settings["modalities"]
-    if output_names is None and settings.get("target") and settings.get("labels"):
-        output_names = prediction_output_names(settings["target"], settings["labels"])
-    signature = describe_signature(model, model_file, channel_names, output_names)
+    card = read_card(model_file)
+    if card is not None:
+        channel_names = channel_names or card.modalities
+        output_names = output_names or card.output_names
+    signature = describe_signature(model, model_file, channel_names, output_names, card)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial",
@@ -126,8 +124,9 @@ def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -
 
 def describe_signature(model: keras.Model, model_file: Path,
                        channel_names: Sequence[str] | None,
-                       output_names: Sequence[str] | None) -> dict:
-    """The content of signature.json: the export's files, its input and its output."""
+                       output_names: Sequence[str] | None, card: ModelCard | None = None) -> dict:
+    """The content of signature.json: the export's files, its input and its output, and the
+    model card (None for a model without one)."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(f"model file {model_file} has {len(model.inputs)} inputs and "
                          f"{len(model.outputs)} outputs: only models of one input and one output "
@@ -156,6 +155,7 @@ def describe_signature(model: keras.Model, model_file: Path,
         }},
         "versions": {"unet3d": unet3d.__version__, "tensorflow": tf.__version__,
                      "keras": keras.__version__},
+        "model_card": json.loads(card.to_json()) if card is not None else None,
     }
 
 
@@ -174,14 +174,16 @@ def readme(signature: dict) -> str:
         "Files",
         f"  {saved_model}/  TensorFlow SavedModel; serving signature \"{name}\"",
         (f"  {signature['keras_model']}  the Keras model as trained (keras.saving.load_model, "
-         "with unet3d installed)"),
-        "  signature.json  this description, machine-readable",
+         "with unet3d installed), its model card inside"),
+        "  signature.json  this description, machine-readable, with the model card",
         "",
         (f"Input \"{INPUT_NAME}\": {image['dtype']}, ({', '.join(image['axes'])}), "
          f"{image['shape'][-1]} channels"),
         f"  spatial sizes: any multiples of {multiple} (others are refused: pad or crop)",
         f"  channels, in order: {input_channels}",
-        "  values: preprocessed and normalised as the training data were (see unet3d/data.py)",
+        ("  values: preprocessed and normalised as the training data were: "
+         + ("see \"model_card\" in signature.json (unet3d/model/card.py)"
+            if signature.get("model_card") else "not recorded (the model has no model card)")),
         "",
         (f"Output \"{OUTPUT_NAME}\": {output['dtype']}, ({', '.join(output['axes'])}), "
          f"{output['shape'][-1]} channels, activation {output['activation'] or 'unknown'}"),

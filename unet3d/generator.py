@@ -22,9 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-import pickle
 from multiprocessing import resource_tracker, shared_memory
-from pathlib import Path
 from typing import Sequence
 
 import keras
@@ -33,15 +31,15 @@ import numpy as np
 from unet3d.augment import (AugmentConfig, augment_data, augment_intensities, extract_patch,
                             mirror, permute_data, random_permutation_key,
                             sample_spatial_transform)
-from unet3d.data import DataStore
+from unet3d.config import PAPER
+from unet3d.data import DataFile, open_store
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
-from unet3d.labels import encode_targets, get_multi_class_labels  # noqa: F401 - the port's name
+from unet3d.labels import DEFAULT_LABELS, encode_targets
+from unet3d.labels import get_multi_class_labels  # noqa: F401 - the port's name
 from unet3d.logs import get_logger
+from unet3d.splits import get_validation_split
 from unet3d.utils.patches import (compute_patch_indices, edge_pad_region, foreground_locations,
                                   get_patch_from_3d_data, patch_region, random_patch_corner)
-
-DataFile = str | os.PathLike | DataStore
 
 
 def _from_shared_memory(name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
@@ -74,10 +72,6 @@ class _SharedArray:
         self.block.close()
 
 
-def _open(data_file: DataFile) -> DataStore:
-    return data_file if isinstance(data_file, DataStore) else DataStore(data_file)
-
-
 def get_number_of_steps(n_samples: int, batch_size: int) -> int:
     """Batches needed to see `n_samples` once: ceil(n_samples / batch_size); 0 samples is an error."""
     if batch_size < 1:
@@ -89,64 +83,6 @@ def get_number_of_steps(n_samples: int, batch_size: int) -> int:
     return math.ceil(n_samples / batch_size)
 
 
-def _load_keys(path: Path) -> list[int]:
-    try:
-        with open(path, "rb") as f:
-            keys = pickle.load(f)
-        return [int(k) for k in keys]
-    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise InputError(f"{path}: cannot read the split ({error}); delete it or pass "
-                         "overwrite=True to draw a new split") from None
-
-
-def _save_keys(keys: Sequence[int], path: Path) -> None:
-    with atomic_write(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump([int(k) for k in keys], f)
-
-
-def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
-                         validation_file: str | os.PathLike, data_split: float = 0.8,
-                         overwrite: bool = False, seed: int = 0, save: bool = True
-                         ) -> tuple[list[int], list[int]]:
-    """Split the store's cases into training and validation indices, saved to two pickle files.
-
-    The cases are shuffled with `seed` and the first int(n * data_split) go to training, as in the
-    port (which did not seed). Existing keys files are reused unless `overwrite`; they are checked
-    against the store. `save=False` draws the same split without writing it (the non-chief
-    workers of a multi-host run). Returns (training indices, validation indices).
-    """
-    store = _open(data_file)
-    training_file, validation_file = Path(training_file), Path(validation_file)
-    log = get_logger()
-    if training_file.exists() and validation_file.exists() and not overwrite:
-        training, validation = _load_keys(training_file), _load_keys(validation_file)
-        bad = [k for k in training + validation if not 0 <= k < store.n_cases]
-        if bad or set(training) & set(validation):
-            raise InputError(
-                f"{training_file} / {validation_file} do not fit {store.path} ({store.n_cases} "
-                f"cases): {'indices ' + str(bad[:5]) + ' out of range' if bad else 'they overlap'}."
-                " They belong to another store: delete them (or pass overwrite=True) to split again")
-        log.info("reusing the split in %s (%d training) and %s (%d validation)",
-                 training_file, len(training), validation_file, len(validation))
-        return training, validation
-    if not 0 < data_split <= 1:
-        raise InputError(f"data_split={data_split}: the training fraction is in (0, 1]")
-    order = np.random.default_rng(seed).permutation(store.n_cases).tolist()
-    n_training = int(store.n_cases * data_split)
-    training, validation = order[:n_training], order[n_training:]
-    if not training or (data_split < 1 and not validation):
-        raise InputError(f"{store.path}: {store.n_cases} case(s) with data_split={data_split} "
-                         f"leave {len(training)} for training and {len(validation)} for "
-                         "validation; add cases or change data_split")
-    if not save:
-        return training, validation
-    _save_keys(training, training_file)
-    _save_keys(validation, validation_file)
-    log.info("new split (seed %d): %d training cases -> %s, %d validation -> %s",
-             seed, len(training), training_file, len(validation), validation_file)
-    return training, validation
-
-
 class _StoreDataset(keras.utils.PyDataset):
     """Batches from a store; subclasses define `__len__` and `_sample(index, rng)` per epoch."""
 
@@ -155,7 +91,7 @@ class _StoreDataset(keras.utils.PyDataset):
                  max_queue_size: int):
         super().__init__(workers=max(int(workers), 1), use_multiprocessing=workers > 0,
                          max_queue_size=max_queue_size)
-        self.store = _open(data_file)
+        self.store = open_store(data_file)
         if not self.store.has_truth:
             raise InputError(f"{self.store.path}: this store has no labels; training and "
                              "validation need a store written with label files")
@@ -167,7 +103,7 @@ class _StoreDataset(keras.utils.PyDataset):
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}: need at least 1")
         self.batch_size = int(batch_size)
-        self.labels = tuple(labels) if labels is not None else (self.store.labels or (1, 2, 4))
+        self.labels = tuple(labels) if labels is not None else (self.store.labels or DEFAULT_LABELS)
         encode_targets(np.zeros((1, 1, 1), np.uint8), target, self.labels)  # validates both
         self.target = target
         self.seed = int(seed)
@@ -216,7 +152,7 @@ class PatchListDataset(_StoreDataset):
         case_indices: cases to draw from.
         batch_size: samples per batch; the last batch of an epoch may be smaller.
         target: "labels" (one channel per label value, the port) or "regions" (WT/TC/ET).
-        labels: label values (default: the store's, else (1, 2, 4)).
+        labels: label values (default: the store's, else `DEFAULT_LABELS`).
         patch_shape: (x, y, z) patch, or None for whole cases (they must then share one shape
             when batch_size > 1).
         patch_overlap: overlap of the patch grid (int or 3 ints).
@@ -357,11 +293,11 @@ class RandomPatchDataset(_StoreDataset):
     Args:
         data_file: store path or `DataStore`.
         case_indices: cases to draw from.
-        patch_shape: (x, y, z), default the paper's 128^3.
-        batch_size: patches per batch (paper: 2).
-        steps_per_epoch: batches per epoch (paper: 100).
+        patch_shape: (x, y, z); default the paper's (`unet3d.config.PAPER`), as the next two.
+        batch_size: patches per batch.
+        steps_per_epoch: batches per epoch.
         target: "regions" (WT/TC/ET, default) or "labels".
-        labels: label values (default: the store's, else (1, 2, 4)).
+        labels: label values (default: the store's, else `DEFAULT_LABELS`).
         augment: `AugmentConfig` or None.
         foreground_fraction: probability of a tumour-centred patch (default 1/3).
         seed: seeds every draw.
@@ -369,8 +305,9 @@ class RandomPatchDataset(_StoreDataset):
     """
 
     def __init__(self, data_file: DataFile, case_indices: Sequence[int],
-                 patch_shape: Sequence[int] = (128, 128, 128), batch_size: int = 2,
-                 steps_per_epoch: int = 100, target: str = "regions",
+                 patch_shape: Sequence[int] = PAPER.patch_shape,
+                 batch_size: int = PAPER.batch_size,
+                 steps_per_epoch: int = PAPER.steps_per_epoch, target: str = PAPER.target,
                  labels: Sequence[int] | None = None,
                  augment: AugmentConfig | None = AugmentConfig(),
                  foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0,
@@ -422,7 +359,8 @@ class RandomPatchDataset(_StoreDataset):
 def get_training_and_validation_generators(
         data_file: DataFile, batch_size: int, n_labels: int,
         training_keys_file: str | os.PathLike, validation_keys_file: str | os.PathLike,
-        data_split: float = 0.8, overwrite: bool = False, labels: Sequence[int] | None = None,
+        data_split: float = PAPER.data_split, overwrite: bool = False,
+        labels: Sequence[int] | None = None,
         augment: bool = False, augment_flip: bool = True,
         augment_distortion_factor: float | None = 0.25, patch_shape: Sequence[int] | None = None,
         validation_patch_overlap: int = 0,
@@ -436,7 +374,7 @@ def get_training_and_validation_generators(
     are one channel per label (`labels`, default 1..n_labels), channels-last. Validation batches
     are neither shuffled, offset nor augmented; every validation sample is seen once per epoch.
     """
-    store = _open(data_file)
+    store = open_store(data_file)
     labels = tuple(range(1, n_labels + 1)) if labels is None else tuple(labels)
     if len(labels) != n_labels:
         raise InputError(f"n_labels={n_labels} but labels={labels}")
@@ -455,9 +393,10 @@ def get_training_and_validation_generators(
 
 def get_training_and_validation_datasets(
         data_file: DataFile, training_keys_file: str | os.PathLike,
-        validation_keys_file: str | os.PathLike, patch_shape: Sequence[int] = (128, 128, 128),
-        batch_size: int = 2, steps_per_epoch: int = 100, validation_batch_size: int | None = None,
-        data_split: float = 0.8, overwrite: bool = False, target: str = "regions",
+        validation_keys_file: str | os.PathLike, patch_shape: Sequence[int] = PAPER.patch_shape,
+        batch_size: int = PAPER.batch_size, steps_per_epoch: int = PAPER.steps_per_epoch,
+        validation_batch_size: int | None = None, data_split: float = PAPER.data_split,
+        overwrite: bool = False, target: str = PAPER.target,
         labels: Sequence[int] | None = None, augment: AugmentConfig | None = AugmentConfig(),
         foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0
 ) -> tuple[RandomPatchDataset, PatchListDataset]:
@@ -466,7 +405,7 @@ def get_training_and_validation_datasets(
     Validation covers each validation case with a non-overlapping grid of `patch_shape` patches
     (blank ones included, so Dice sees the empty regions too), each once per epoch.
     """
-    store = _open(data_file)
+    store = open_store(data_file)
     training, validation = get_validation_split(store, training_keys_file, validation_keys_file,
                                                 data_split, overwrite, seed)
     train = RandomPatchDataset(store, training, patch_shape, batch_size, steps_per_epoch, target,

@@ -78,6 +78,16 @@ class Geometry:
                 f"origin {tuple(round(o, 3) for o in self.origin)}")
 
 
+def geometry_from_affine(affine: np.ndarray, shape: Sequence[int]) -> Geometry:
+    """The `Geometry` of a grid of `shape` whose RAS voxel-to-world matrix is `affine` (the
+    inverse of `Geometry.affine`)."""
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=float)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    direction = lps[:3, :3] / spacing[None, :]
+    return Geometry(tuple(int(n) for n in shape), tuple(float(s) for s in spacing),
+                    tuple(float(o) for o in lps[:3, 3]), tuple(float(d) for d in direction.ravel()))
+
+
 def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
                check_finite: bool = True) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI file. Returns (array indexed (x, y, z), geometry).
@@ -108,6 +118,17 @@ def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
     if dtype is not None:
         array = array.astype(dtype, copy=False)
     return np.ascontiguousarray(array), Geometry.of(image)
+
+
+def nifti_shape(path: str | os.PathLike) -> tuple[int, int, int]:
+    """The (x, y, z) size of a NIfTI file, from its header alone."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read this NIfTI file (corrupt or truncated?)") from None
+    return tuple(int(n) for n in reader.GetSize())
 
 
 def non_finite_voxels(path: str | os.PathLike) -> int:

@@ -17,10 +17,12 @@ from typing import Sequence
 
 import numpy as np
 
+from unet3d.brats import LABELS
 from unet3d.errors import InputError
 
 REGION_NAMES = ("wt", "tc", "et")
-DEFAULT_LABELS = (1, 2, 4)
+#: The label values assumed when neither data nor settings name them (BraTS up to 2021).
+DEFAULT_LABELS = LABELS["brats2020"]
 
 
 def _check_triple(labels: Sequence[int]) -> tuple[int, int, int]:
@@ -91,4 +93,13 @@ def encode_targets(truth: np.ndarray, target: str, labels: Sequence[int]) -> np.
         return labels_to_regions(truth, labels)
     if target == "labels":
         return get_multi_class_labels(truth, len(labels), labels)
+    raise InputError(f"unknown target encoding {target!r}: use 'regions' or 'labels'")
+
+
+def output_names(target: str, labels: Sequence[int]) -> tuple[str, ...]:
+    """Names of the network's output channels: wt, tc, et for regions, label_<value> for labels."""
+    if target == "regions":
+        return REGION_NAMES
+    if target == "labels":
+        return tuple(f"label_{value}" for value in labels)
     raise InputError(f"unknown target encoding {target!r}: use 'regions' or 'labels'")

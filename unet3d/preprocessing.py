@@ -24,7 +24,7 @@ import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,10 +32,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from unet3d.brats import MODALITIES, Case, find_cases
+from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.io import (Geometry, check_label_values, publish, read_image_set, to_sitk,
                        write_nifti)
 from unet3d.logs import get_logger
+from unet3d.model_space import brain_mask
 
 SETTINGS_FILE = "preprocess.json"
 TRUTH_NAME = "truth"
@@ -68,14 +70,6 @@ class PreprocessReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     labels: tuple[int, ...] = ()
-
-
-def brain_mask(images: list[np.ndarray]) -> np.ndarray:
-    """Brain mask of skull-stripped images: voxels non-zero in any modality."""
-    mask = images[0] != 0
-    for image in images[1:]:
-        mask |= image != 0
-    return mask
 
 
 def n4_bias_correction(image: np.ndarray, geometry: Geometry, mask: np.ndarray,
@@ -164,11 +158,7 @@ def is_preprocessed(case: Case, out_dir: Path, modalities: tuple[str, ...]) -> b
 
 
 def _settings(config: PreprocessConfig, labels: tuple[int, ...]) -> dict:
-    settings = asdict(config)
-    settings = {key: list(value) if isinstance(value, tuple) else value
-                for key, value in settings.items()}
-    settings["labels"] = list(labels)
-    return settings
+    return {**to_plain(config), "labels": list(labels)}
 
 
 def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
@@ -180,6 +170,20 @@ def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: unreadable ({error}); delete it and rerun with --overwrite") from None
+
+
+def read_preprocess_config(preprocessed_dir: str | os.PathLike
+                           ) -> tuple[PreprocessConfig | None, tuple[int, ...] | None]:
+    """(the N4 settings, the label values) a folder was written with by `preprocess_brats`;
+    (None, None) for a folder it did not write."""
+    settings = read_settings(preprocessed_dir)
+    if settings is None:
+        return None, None
+    path = Path(preprocessed_dir) / SETTINGS_FILE
+    labels = settings.pop("labels", None)
+    if labels is None:
+        raise InputError(f"{path}: no labels recorded; rerun brats/preprocess.py with --overwrite")
+    return from_plain(PreprocessConfig, settings, str(path)), tuple(int(v) for v in labels)
 
 
 def _run_case(case: Case, out_dir: Path, config: PreprocessConfig) -> tuple[str, str, float]:

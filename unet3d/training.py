@@ -1,6 +1,5 @@
-"""Training: learning-rate schedules, callbacks, resumable runs, distribution and precision.
+"""Training: learning-rate schedules, callbacks, resumable runs.
 
-- The legacy port's API: `train_model`, `get_callbacks`, `step_decay`, `load_old_model`.
 - `run_training`: the resumable loop the BraTS scripts use. A run keeps, next to the model file,
   a checkpoint folder `<model_file>.run/` holding the last completed epoch's full model (weights,
   optimizer state, learning rate) and `state.json` (epochs done, every epoch's logs, the
@@ -8,11 +7,10 @@
   so a run killed at any moment (SIGKILL included) restarts with the same command from the last
   completed epoch: same weights, optimizer state, learning rate, epoch counter and data order
   (datasets draw from (seed, epoch)); the CSV log is rewritten from `state.json`, so no epoch is
-  lost or repeated in it.
-- `make_strategy`: one device, `MirroredStrategy` over the visible GPUs, or
-  `MultiWorkerMirroredStrategy` across hosts when `TF_CONFIG` is set (only the chief writes).
-- `set_precision`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs with bfloat16 units, float32
-  otherwise; model outputs and losses stay float32.
+  lost or repeated in it. The best and the last model carry the run's model card.
+- The legacy port's `step_decay`, `load_old_model`, and `get_callbacks` and `train_model`
+  (`unet3d.legacy.training`, importable from here as in the port).
+- Devices, strategies and precision are in `unet3d.distribution`.
 
 Global batch = per-replica batch x replicas. Learning-rate rule: the paper's rate (5e-4) is for a
 global batch of 2; when the global batch grows, scale the rate linearly
@@ -33,17 +31,27 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
+from unet3d.config import PAPER, SCHEDULES
+from unet3d.distribution import is_chief, prepare_model
 from unet3d.errors import InputError
 from unet3d.io import atomic_write, remove_stale_temporaries
 from unet3d.logs import get_logger
-from unet3d.model.saving import load_old_model
+from unet3d.model.card import ModelCard
+from unet3d.model.saving import load_old_model, save_model
 
 __all__ = ["step_decay", "exponential_decay", "poly_decay", "make_schedule", "get_callbacks",
-           "train_model", "load_old_model", "NaNGuard", "EpochSync", "RunCheckpoint", "run_training",
-           "make_strategy", "set_precision", "scaled_learning_rate"]
+           "train_model", "load_old_model", "NaNGuard", "EpochSync", "RunCheckpoint",
+           "run_training", "scaled_learning_rate"]
 
-PAPER_BATCH_SIZE = 2
-SCHEDULES = ("exponential", "step", "plateau", "poly", "constant")
+#: The port's callbacks and training function (`unet3d.legacy.training`).
+LEGACY_NAMES = ("get_callbacks", "train_model")
+
+
+def __getattr__(name: str):
+    if name in LEGACY_NAMES:
+        from unet3d.legacy import training as legacy
+        return getattr(legacy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- schedules
@@ -84,7 +92,7 @@ def make_schedule(name: str, initial_learning_rate: float, n_epochs: int,
 
 
 def scaled_learning_rate(learning_rate: float, global_batch_size: int,
-                         reference_batch_size: int = PAPER_BATCH_SIZE) -> float:
+                         reference_batch_size: int = PAPER.batch_size) -> float:
     """Linear scaling rule: the rate for `global_batch_size` given one tuned for the reference."""
     return learning_rate * global_batch_size / reference_batch_size
 
@@ -104,44 +112,6 @@ class NaNGuard(keras.callbacks.Callback):
                 "instead of mixed_float16), and check the data for NaNs (brats/preprocess.py "
                 "rejects them); the last good checkpoint is kept")
             get_logger().error(self.message)
-
-
-def get_callbacks(model_file: str | os.PathLike, initial_learning_rate: float = 1e-4,
-                  learning_rate_drop: float = 0.5, learning_rate_epochs: int | None = None,
-                  learning_rate_patience: int = 50, logging_file: str | os.PathLike = "training.log",
-                  verbosity: int = 1, early_stopping_patience: int | None = None
-                  ) -> list[keras.callbacks.Callback]:
-    """The port's callbacks: best-val_loss checkpoint of the full model, CSV log (appending),
-    step decay when `learning_rate_epochs` is set else reduce-on-plateau (factor
-    `learning_rate_drop`), early stopping when `early_stopping_patience` is set; plus `NaNGuard`."""
-    callbacks = [keras.callbacks.ModelCheckpoint(str(model_file), save_best_only=True),
-                 keras.callbacks.CSVLogger(str(logging_file), append=True), NaNGuard()]
-    if learning_rate_epochs:
-        callbacks.append(keras.callbacks.LearningRateScheduler(
-            lambda epoch: step_decay(epoch, initial_learning_rate, learning_rate_drop,
-                                     learning_rate_epochs)))
-    else:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            factor=learning_rate_drop, patience=learning_rate_patience, verbose=verbosity))
-    if early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(verbose=verbosity,
-                                                       patience=early_stopping_patience))
-    return callbacks
-
-
-def train_model(model: keras.Model, model_file: str | os.PathLike, training_generator,
-                validation_generator, steps_per_epoch: int, validation_steps: int,
-                initial_learning_rate: float = 0.001, learning_rate_drop: float = 0.5,
-                learning_rate_epochs: int | None = None, n_epochs: int = 500,
-                learning_rate_patience: int = 20, early_stopping_patience: int | None = None
-                ) -> keras.callbacks.History:
-    """The port's `train_model`: `model.fit` with `get_callbacks` (log in training.log)."""
-    return model.fit(training_generator, steps_per_epoch=steps_per_epoch, epochs=n_epochs,
-                     validation_data=validation_generator, validation_steps=validation_steps,
-                     shuffle=False,
-                     callbacks=get_callbacks(model_file, initial_learning_rate, learning_rate_drop,
-                                             learning_rate_epochs, learning_rate_patience,
-                                             early_stopping_patience=early_stopping_patience))
 
 
 class EpochSync(keras.callbacks.Callback):
@@ -179,14 +149,16 @@ class RunCheckpoint(keras.callbacks.Callback):
         monitor: "val_loss" (or "loss" without validation); lower is better.
         callbacks: callbacks whose counters are saved and restored (plateau, early stopping).
         is_chief: whether this process writes.
+        card: the model card saved inside both models (and beside the best one).
     """
 
     def __init__(self, run_dir: str | os.PathLike, model_file: str | os.PathLike,
                  csv_file: str | os.PathLike, monitor: str = "val_loss",
-                 callbacks: Sequence[keras.callbacks.Callback] = (), is_chief: bool = True):
+                 callbacks: Sequence[keras.callbacks.Callback] = (), is_chief: bool = True,
+                 card: ModelCard | None = None):
         super().__init__()
         self.run_dir, self.model_file, self.csv_file = Path(run_dir), Path(model_file), Path(csv_file)
-        self.monitor, self.is_chief = monitor, is_chief
+        self.monitor, self.is_chief, self.card = monitor, is_chief, card
         self.tracked = [c for c in callbacks if type(c) in _CALLBACK_STATE]
         self.state = self.load_state(self.run_dir) or {"epochs_done": 0, "history": [],
                                                        "best": None, "callbacks": []}
@@ -233,11 +205,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         if not self.is_chief:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.last_model, ".keras") as tmp:
-            self.model.save(tmp)
+        save_model(self.model, self.last_model, self.card, readable_copy=False)
         if improved:
-            with atomic_write(self.model_file, ".keras") as tmp:
-                self.model.save(tmp)
+            save_model(self.model, self.model_file, self.card)
         with atomic_write(self.run_dir / "state.json") as tmp:
             tmp.write_text(json.dumps(self.state, indent=1))
         self.write_csv()
@@ -254,126 +224,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             writer.writerows(rows)
 
 
-# --------------------------------------------------------------------------- devices
-
-def _tensorflow():
-    if keras.backend.backend() != "tensorflow":
-        return None
-    import tensorflow as tf
-    return tf
-
-
-def make_strategy(name: str = "auto", cpu_replicas: int = 1):
-    """A `tf.distribute` strategy: "auto" (multi_worker if TF_CONFIG is set, mirrored with several
-    GPUs, else one_device), "one_device", "mirrored" (all GPUs, or the CPU split into
-    `cpu_replicas` logical devices when there is none) or "multi_worker". None on other backends.
-    Call it before TensorFlow runs anything (the CPU split must come first)."""
-    tf = _tensorflow()
-    if tf is None:
-        if name not in ("auto", "one_device"):
-            raise InputError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND)")
-        return None
-    n_gpus = len(tf.config.list_physical_devices("GPU"))  # listing does not start TensorFlow
-    if name == "auto":
-        name = ("multi_worker" if os.environ.get("TF_CONFIG") else
-                "mirrored" if n_gpus > 1 or cpu_replicas > 1 else "one_device")
-    if name == "multi_worker":  # must come before anything starts TensorFlow's runtime
-        if not os.environ.get("TF_CONFIG"):
-            raise InputError("--strategy multi_worker needs TF_CONFIG describing the cluster "
-                             "(see docs/multi_gpu.md)")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if cpu_replicas > 1:
-        cpus = tf.config.list_physical_devices("CPU")
-        try:
-            tf.config.set_logical_device_configuration(
-                cpus[0], [tf.config.LogicalDeviceConfiguration()] * cpu_replicas)
-        except RuntimeError:
-            raise InputError("cpu_replicas must be set before TensorFlow starts (call "
-                             "make_strategy first)") from None
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if n_gpus else "/cpu:0")
-    if name == "mirrored":
-        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in devices])
-    raise InputError(f"unknown strategy {name!r}: auto, one_device, mirrored or multi_worker")
-
-
-def is_chief() -> bool:
-    """Whether this process writes checkpoints, logs and splits: always, unless TF_CONFIG names
-    another task the chief (the "chief" task, else worker 0)."""
-    config = os.environ.get("TF_CONFIG")
-    if not config:
-        return True
-    try:
-        config = json.loads(config)
-        task, cluster = config.get("task", {}), config.get("cluster", {})
-    except (ValueError, AttributeError):
-        raise InputError("TF_CONFIG is not valid JSON with 'cluster' and 'task' "
-                         "(see docs/multi_gpu.md)") from None
-    if task.get("type") == "chief":
-        return True
-    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU has bfloat16 matrix units (AMX or AVX-512 BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def set_precision(precision: str = "auto") -> str:
-    """Set Keras' global dtype policy; returns the policy name. "auto": mixed_float16 with a
-    GPU, mixed_bfloat16 on a CPU with bfloat16 units, float32 otherwise."""
-    if precision == "auto":
-        tf = _tensorflow()
-        has_gpu = (bool(tf.config.list_physical_devices("GPU")) if tf is not None
-                   else any(d.platform == "gpu" for d in _jax_devices()))
-        precision = ("mixed_float16" if has_gpu else
-                     "mixed_bfloat16" if cpu_has_bfloat16() else "float32")
-    if precision not in ("float32", "mixed_float16", "mixed_bfloat16"):
-        raise InputError(f"unknown precision {precision!r}: auto, float32, mixed_float16 or "
-                         "mixed_bfloat16")
-    keras.mixed_precision.set_global_policy(precision)
-    return precision
-
-
-def _jax_devices():
-    import jax
-    return jax.devices()
-
-
 # --------------------------------------------------------------------------- the resumable loop
-
-def _multi_worker_workarounds(model: keras.Model, batch) -> None:
-    """Work around keras-team/keras#20585 (Keras 3 fit under MultiWorkerMirroredStrategy):
-    - before training Keras averages a distributed batch in eager mode to build the metrics and
-      optimizer, which the collective strategy cannot do: build them from one local batch;
-    - each step's logged metrics (scalars) are averaged over workers along axis 0, which scalars
-      do not have: average them as scalars."""
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-    from keras.src import tree
-
-    def build(iterator=None, data_batch=None):
-        with model.distribute_strategy.scope():
-            model._symbolic_build(data_batch=batch)  # noqa: SLF001 - see above
-
-    model._maybe_symbolic_build = build  # noqa: SLF001
-    original = tf_trainer.reduce_per_replica
-    if getattr(original, "unet3d_workaround", False):
-        return
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
-                strategy):  # noqa: SLF001
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return original(values, strategy, reduction)
-
-    reduce_per_replica.unet3d_workaround = True
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
 
 @dataclasses.dataclass
 class RunResult:
@@ -383,30 +234,37 @@ class RunResult:
     stopped_by_nan: bool = False
 
 
-def run_training(build_model: Callable[[], keras.Model], training_data, validation_data,
-                 model_file: str | os.PathLike, training_log: str | os.PathLike, n_epochs: int,
+def run_training(build_model: Callable[[], keras.Model],
+                 make_datasets: Callable[[], tuple], model_file: str | os.PathLike,
+                 training_log: str | os.PathLike, n_epochs: int,
                  schedule: Callable[[int], float] | None = None,
                  callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
-                 verbose: int | str = "auto") -> RunResult:
+                 verbose: int | str = "auto", card: ModelCard | None = None,
+                 check_model: Callable[[keras.Model], None] | None = None) -> RunResult:
     """Train (or resume) a run; returns the whole run's per-epoch logs.
 
     Args:
         build_model: returns a new compiled model (called inside the strategy's scope).
-        training_data, validation_data: datasets with an `epoch` attribute (unet3d.generator);
-            validation_data may be None.
+        make_datasets: returns (training, validation) datasets with an `epoch` attribute
+            (unet3d.generator); validation may be None. Called once the model exists (and passed
+            `check_model`), so bad settings stop before the data are prepared.
         model_file: the best model (`.keras`); the run folder is `<model_file>.run/`.
         training_log: CSV log, one row per epoch.
         n_epochs: total epochs of the run (a finished run returns at once).
         schedule: epoch -> learning rate (None: the optimizer's rate, or a plateau callback).
         callbacks: more callbacks (ReduceLROnPlateau and EarlyStopping counters are resumed).
         strategy: a tf.distribute strategy or None.
+        verbose: Keras' progress output.
+        card: the model card saved with the models (`unet3d.model.card`).
+        check_model: called with the new or resumed model before anything else (e.g. to check
+            the patch against its size divisors); raises to stop.
     """
     model_file = Path(model_file)
     run_dir = model_file.with_name(model_file.name + ".run")
     chief = is_chief()
     log = get_logger()
-    monitor = "val_loss" if validation_data is not None else "loss"
-    checkpoint = RunCheckpoint(run_dir, model_file, training_log, monitor, callbacks, chief)
+    checkpoint = RunCheckpoint(run_dir, model_file, training_log, callbacks=callbacks,
+                               is_chief=chief, card=card)
     start = int(checkpoint.state["epochs_done"])
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
@@ -416,6 +274,8 @@ def run_training(build_model: Callable[[], keras.Model], training_data, validati
             log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs,
                      checkpoint.last_model)
             model = load_old_model(checkpoint.last_model)
+    if check_model is not None:
+        check_model(model)
     if chief:  # saves a killed run was making
         for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
             remove_stale_temporaries(path)
@@ -423,9 +283,9 @@ def run_training(build_model: Callable[[], keras.Model], training_data, validati
     if start >= n_epochs:
         log.info("%s: all %d epochs are done", model_file, n_epochs)
         return RunResult(checkpoint.state["history"], start, start)
-    tf = _tensorflow()
-    if tf is not None and isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _multi_worker_workarounds(model, training_data[0])
+    training_data, validation_data = make_datasets()
+    checkpoint.monitor = "val_loss" if validation_data is not None else "loss"
+    prepare_model(model, strategy, training_data[0])
     nan_guard = NaNGuard()
     all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, checkpoint]
     if schedule is not None:

@@ -22,6 +22,8 @@ from typing import Sequence
 
 import keras
 
+from unet3d.brats import MODALITIES
+from unet3d.config import PAPER as PAPER_RECIPE
 from unet3d.errors import InputError
 from unet3d.metrics import weighted_dice_coefficient_loss
 from unet3d.model.blocks import (
@@ -38,6 +40,8 @@ from unet3d.model.blocks import (
     upsample,
 )
 
+#: The default input: the paper recipe's patch, one channel per BraTS modality.
+PAPER_INPUT_SHAPE = (*PAPER_RECIPE.patch_shape, len(MODALITIES))
 PAPER = {"negative_slope": 0.01, "norm_epsilon": 1e-5}
 LEGACY_PORT = {"negative_slope": 0.3, "norm_epsilon": 1e-3}
 
@@ -48,8 +52,8 @@ def level_output_name(level: int) -> str:
 
 
 def build_isensee2017(
-    input_shape: Sequence[int | None] = (128, 128, 128, 4),
-    n_base_filters: int = 16,
+    input_shape: Sequence[int | None] = PAPER_INPUT_SHAPE,
+    n_base_filters: int = PAPER_RECIPE.n_base_filters,
     depth: int = 5,
     dropout_rate: float = 0.3,
     n_segmentation_levels: int = 3,
@@ -150,8 +154,8 @@ def deep_supervision_targets(y_true, n_segmentation_levels: int = 3) -> dict:
 
 
 def isensee2017_model(
-    input_shape: Sequence[int | None] = (128, 128, 128, 4),
-    n_base_filters: int = 16,
+    input_shape: Sequence[int | None] = PAPER_INPUT_SHAPE,
+    n_base_filters: int = PAPER_RECIPE.n_base_filters,
     depth: int = 5,
     dropout_rate: float = 0.3,
     n_segmentation_levels: int = 3,

@@ -1,5 +1,5 @@
-"""Loading saved models: `.keras` files written by this package, and HDF5 files where Keras 3 can
-read them.
+"""Saving and loading models: `.keras` files carrying their model card, and HDF5 files where
+Keras 3 can read them.
 
 Every custom object of the package (the input size check, the losses and metrics) is registered
 with Keras under the package name `unet3d`, so `.keras` files load without `custom_objects`.
@@ -15,6 +15,8 @@ import keras
 import unet3d.losses  # noqa: F401 (registers the losses with Keras)
 from unet3d import metrics
 from unet3d.errors import InputError
+from unet3d.io import atomic_write
+from unet3d.model.card import ModelCard, embed_card, write_card_copy
 
 # Names under which models compiled by the legacy port refer to its losses and metrics.
 LEGACY_CUSTOM_OBJECTS = {
@@ -59,3 +61,20 @@ def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras
         raise InputError(
             f"cannot load model file {path} ({type(error).__name__}: {error}); {remedy}"
         ) from error
+
+
+def save_model(model: keras.Model, model_file: str | os.PathLike, card: ModelCard | None = None,
+               readable_copy: bool = True) -> None:
+    """Save `model` to the `.keras` file `model_file` atomically, with `card` inside it.
+
+    The file is written under a temporary name beside `model_file`, the card added to it, and the
+    whole renamed to `model_file`, so `model_file` is always a complete model. With
+    `readable_copy`, the card is also written to `<model_file>.json` (see `unet3d.model.card`).
+    """
+    with atomic_write(model_file, ".keras") as tmp:
+        model.save(tmp)
+        if card is not None:
+            embed_card(tmp, card)
+    if card is not None and readable_copy:
+        write_card_copy(model_file, card)
+

@@ -1,0 +1,251 @@
+"""Settings as dataclasses: the one source of every default of training and prediction.
+
+- `TrainConfig`: one training run. Its defaults are the paper recipe (Isensee et al. 2017 with
+  nnU-Net's region training); `PRESETS` holds what the other recipes change (`preset(name)`).
+- `PredictConfig`: how `brats/predict.py` predicts (windows, test-time augmentation, labels);
+  what the model *is* (its inputs, patch, targets, preprocessing) comes from its model card
+  (`unet3d.model.card`), not from here.
+- The vocabularies of the settings (`LOSSES`, `SCHEDULES`, `TTA_MODES`, ...).
+
+Each field carries its help text (`field.metadata["help"]`); the entry scripts generate one flag
+per field from it (`unet3d.cli`), so a default is written once, here. Library functions that take
+the same setting as a keyword (e.g. `RandomPatchDataset(patch_shape=...)`) default to these values.
+This module imports nothing heavy, so any module may read its defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Sequence
+
+from unet3d.brats import LABELS
+from unet3d.errors import InputError
+
+MODELS = ("isensee2017", "unet3d")
+TARGETS = ("regions", "labels")
+LOSSES = ("bce_dice", "dice", "weighted_dice", "dice_coefficient")
+SCHEDULES = ("exponential", "step", "plateau", "poly", "constant")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+WEIGHTINGS = ("gaussian", "constant")
+TTA_MODES = ("none", "mirror", "permute")
+
+
+def option(default: Any, help: str, choices: Sequence[str] | None = None,
+           none: str | None = None, aliases: dict[str, Any] | None = None):
+    """A dataclass field with its command-line description.
+
+    Args:
+        default: the default value.
+        help: what the setting does (the flag's help text, without the default).
+        choices: the values allowed, for settings that are names.
+        none: what None means, for settings that may be None (shown as the default).
+        aliases: names a user may give instead of a value (e.g. "brats2023" for (1, 2, 3)).
+    """
+    metadata = {"help": help, "choices": tuple(choices) if choices else None, "none": none,
+                "aliases": aliases}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """One training run; the defaults are the paper recipe (`preset("paper")`)."""
+
+    data_file: str = option("brats_data.h5", "HDF5 data store (built from --preprocessed_dir "
+                            "when it does not exist).")
+    preprocessed_dir: str | None = option(None, "Folder written by brats/preprocess.py, used to "
+                                          "build --data_file when it does not exist.",
+                                          none="--data_file must exist")
+    model_file: str = option("isensee2017_model.keras", "The best model (.keras, carrying its "
+                             "model card); the run's checkpoints go to <model_file>.run/. "
+                             "Rerunning the same command resumes.")
+    training_log: str = option("training.log", "CSV log, one row per epoch.")
+    training_keys_file: str = option("training_ids.pkl", "The saved split, training case "
+                                     "indices: written on the first run, reused after.")
+    validation_keys_file: str = option("validation_ids.pkl", "The saved split, validation case "
+                                       "indices.")
+    model: str = option("isensee2017", "Network: the Isensee 2017 U-Net, or the port's plain "
+                        "3D U-Net.", choices=MODELS)
+    legacy_model: bool = option(False, "Isensee network with the port's leaky ReLU slope 0.3 and "
+                                "normalisation epsilon 1e-3 (the paper's: 0.01, 1e-5).")
+    n_base_filters: int = option(16, "Filters of the first level, doubled at each level.")
+    deconvolution: bool = option(True, "Plain U-Net: upsample with transposed convolutions (the "
+                                 "port) instead of nearest-neighbour upsampling.")
+    image_shape: tuple[int, int, int] | None = option(
+        None, "Build --data_file resampled to this shape, e.g. 128,128,128 (the port's store).",
+        none="each brain cropped at native resolution (the paper)")
+    patch_shape: tuple[int, int, int] | None = option(
+        (128, 128, 128), "Training patch, sizes divisible by the network's divisor; it is also "
+        "the prediction window.", none="whole images")
+    random_patches: bool = option(True, "Random patches, a third centred on tumour (the paper); "
+                                  "--norandom_patches: the port's patch grid.")
+    batch_size: int = option(2, "Global batch, split over the replicas.")
+    validation_batch_size: int | None = option(None, "Global validation batch.",
+                                               none="--batch_size")
+    steps_per_epoch: int | None = option(100, "Batches per epoch.",
+                                         none="one pass over the patch grid (the port)")
+    n_epochs: int = option(300, "Epochs of the run.")
+    initial_learning_rate: float = option(5e-4, "Adam's learning rate at the first epoch.")
+    lr_schedule: str = option("exponential", "Learning-rate schedule: exponential (x 0.985 per "
+                              "epoch, the paper), step, plateau (the port), poly or constant.",
+                              choices=SCHEDULES)
+    learning_rate_drop: float = option(0.5, "Factor of each drop of the step and plateau "
+                                       "schedules.")
+    learning_rate_epochs: int | None = option(None, "Epochs between drops of the step schedule.",
+                                              none="no step schedule")
+    learning_rate_patience: int = option(10, "Epochs without a better val_loss before the "
+                                         "plateau schedule drops the rate.")
+    early_stopping_patience: int | None = option(None, "Stop after this many epochs without a "
+                                                 "better val_loss.", none="never stop early")
+    target: str = option("regions", "Network outputs: the nested regions WT/TC/ET (nnU-Net), or "
+                         "one channel per label value (the port).", choices=TARGETS)
+    labels: tuple[int, ...] | None = option(
+        None, "Label values of the store's truths (NCR/NET, ED, ET), e.g. 1,2,4 or a convention "
+        f"({', '.join(LABELS)}).", none="the store's", aliases=LABELS)
+    loss: str = option("bce_dice", "Loss: bce_dice (BCE + soft Dice over regions), dice "
+                       "(multiclass soft Dice), weighted_dice (the port's), dice_coefficient (the "
+                       "port's plain U-Net).", choices=LOSSES)
+    augment: bool = option(True, "Augment the training patches (the paper's spatial and "
+                           "intensity augmentation; the port's scaling and flips on its grid).")
+    permute: bool = option(False, "Apply one of the 48 cube permutations to each sample (the "
+                           "port; cubic samples only).")
+    training_patch_start_offset: tuple[int, int, int] | None = option(
+        None, "Port's patch grid: each epoch, shift the grid by a random offset of up to this "
+        "many voxels per axis.", none="a fixed grid")
+    skip_blank: bool = option(False, "Leave out patches without tumour (the port).")
+    data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
+                               "drawn (1.0: no validation).")
+    precision: str = option("auto", "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with "
+                            "bfloat16 units, else float32.", choices=PRECISIONS)
+    strategy: str = option("auto", "auto: multi_worker when TF_CONFIG is set, mirrored with "
+                           "several GPUs (or --cpu_replicas > 1), else one_device.",
+                           choices=STRATEGIES)
+    cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices, "
+                               "one replica each (tests, benchmarks).")
+    workers: int = option(2, "Processes making batches (0: in the training process).")
+    seed: int = option(0, "Seed of the split, the patches, the augmentation and the initial "
+                       "weights.")
+    verbose: int | str = option("auto", "Keras progress: auto, 0 (silent), 1 (a bar) or 2 (a "
+                                "line per epoch).")
+
+
+#: What each recipe changes in `TrainConfig`'s defaults (the paper recipe).
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # The legacy port's brats/train_isensee2017.py config: whole 128^3 resampled images.
+    "legacy": dict(model_file="isensee_2017_model.keras",
+                   training_keys_file="isensee_training_ids.pkl",
+                   validation_keys_file="isensee_validation_ids.pkl", legacy_model=True,
+                   image_shape=(128, 128, 128), patch_shape=None, random_patches=False,
+                   batch_size=1, validation_batch_size=2, steps_per_epoch=None, n_epochs=500,
+                   lr_schedule="plateau", early_stopping_patience=50, target="labels",
+                   loss="weighted_dice", augment=False, permute=True,
+                   training_patch_start_offset=(16, 16, 16), skip_blank=True),
+    # The port's plain 3D U-Net script (brats/train.py): 64^3 patches of the 144^3 store.
+    "unet": dict(model="unet3d", model_file="tumor_segmentation_model.keras",
+                 image_shape=(144, 144, 144), patch_shape=(64, 64, 64), random_patches=False,
+                 batch_size=6, validation_batch_size=12, steps_per_epoch=None, n_epochs=500,
+                 initial_learning_rate=1e-5, lr_schedule="plateau", early_stopping_patience=50,
+                 target="labels", loss="dice_coefficient", n_base_filters=32, augment=False,
+                 training_patch_start_offset=(16, 16, 16), skip_blank=True),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The named recipe's configuration with `overrides` applied."""
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return TrainConfig(**{**PRESETS[name], **overrides})
+
+
+#: The paper recipe: the defaults of the library functions that take its settings.
+PAPER = TrainConfig()
+
+
+@dataclasses.dataclass
+class PredictConfig:
+    """How to predict. What the model is (inputs, patch, targets, preprocessing) comes from its
+    model card; the last three fields stand in for a card, for models that have none."""
+
+    patch_shape: tuple[int, int, int] | None = option(
+        None, "Sliding window, e.g. 128,128,128.", none="the training patch (model card)")
+    whole_volume: bool = option(False, "One pass over the whole brain box instead of sliding "
+                                "windows (the most memory).")
+    step: float = option(0.5, "Window step, a fraction of the window in (0, 1].")
+    weighting: str = option("gaussian", "Weights of each window's prediction: gaussian "
+                            "(nnU-Net's, sigma = window / 8) or constant.", choices=WEIGHTINGS)
+    tta: str = option("none", "Test-time augmentation: mirror (the 8 flips, 8x the time) or "
+                      "permute (the port's 48 permutations, cubic windows).", choices=TTA_MODES)
+    batch_size: int = option(1, "Windows per model call.")
+    threshold: float = option(0.5, "Probability from which a voxel is inside a region (the "
+                              "port's label rule: below which it is background).")
+    labels: tuple[int, ...] | None = option(
+        None, "Label values written (NCR/NET, ED, ET), e.g. 1,2,3 or a convention "
+        f"({', '.join(LABELS)}).", none="each case's release naming", aliases=LABELS)
+    min_et_voxels: int = option(0, "BraTS post-processing: a predicted enhancing tumour smaller "
+                                "than this becomes necrosis (e.g. 200; 0: off).")
+    bias_correction: bool = option(True, "N4 bias correction of raw inputs, as the model card "
+                                   "records for the training data (folders written by "
+                                   "brats/preprocess.py are not corrected twice).")
+    probabilities: bool = option(False, "Also write one probability map per output, "
+                                 "<case>_<output>.nii.gz.")
+    modalities: tuple[str, ...] | None = option(
+        None, "Input channels in order, e.g. t1,t1ce,flair,t2. Only for a model without a card.",
+        none="the model card's")
+    target: str | None = option(None, "Output encoding (regions: WT/TC/ET; labels: one channel "
+                                "per label). Only for a model without a card.", choices=TARGETS,
+                                none="the model card's")
+    image_shape: tuple[int, int, int] | None = option(
+        None, "The resampled shape of the port's store the model was trained on. Only for a "
+        "model without a card.", none="the model card's (without a card: the brain crop)")
+
+
+# --------------------------------------------------------------------------------------------
+# Settings <-> JSON: the files that record settings (model cards, stores) use these.
+
+
+def to_plain(settings) -> dict:
+    """A settings dataclass as JSON-ready data: nested dataclasses as dicts, tuples as lists."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+    return plain(settings)
+
+
+def from_plain(cls: type, data: Any, source: str):
+    """The `cls` dataclass of `to_plain`'s data. Every field must be present and no other key:
+    a renamed or missing setting is an `InputError` naming `source` (a file), never a default."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a JSON object for {cls.__name__}, got "
+                         f"{type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing, unknown = [n for n in names if n not in data], [k for k in data if k not in names]
+    if missing or unknown:
+        raise InputError(f"{source}: {cls.__name__} "
+                         + "; ".join(part for part in (
+                             f"misses {', '.join(missing)}" if missing else "",
+                             f"has unknown {', '.join(unknown)}" if unknown else "") if part)
+                         + ": it was written by another version of unet3d, or edited")
+    return cls(**{name: _from_plain_value(hints[name], data[name], f"{source}: {name}")
+                  for name in names})
+
+
+def _from_plain_value(hint, value, source: str):
+    if value is None:
+        return None
+    options = [a for a in typing.get_args(hint) if a is not type(None)] \
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
+    for option_type in options:
+        if dataclasses.is_dataclass(option_type):
+            return from_plain(option_type, value, source)
+        if typing.get_origin(option_type) is tuple and isinstance(value, list):
+            return tuple(value)
+    return value

@@ -1,0 +1,188 @@
+"""The model card: everything needed to use a trained model, carried inside its `.keras` file.
+
+A card records the network's inputs (the modalities, in channel order), the window it was trained
+on (the training patch), its outputs (the target encoding and the label values), how its training
+cases were made (N4 bias correction, the model space: brain crop or the port's resampling,
+normalisation; the voxel spacing) and where they came from (the store and its saved split), with
+the unet3d version that wrote it and the card's schema version. Prediction, export and the
+validation run read everything from it, so a model copied anywhere alone predicts as it did where
+it was trained.
+
+Storage: `save_model(model, path, card)` (`unet3d.model.saving`) writes the `.keras` file with the
+card as one more member of its zip archive, `unet3d_card.json` (Keras ignores it), and the same
+JSON beside the file, `<path>.json`, for people to read. `read_card(path)` reads the card inside
+the file; for a model without one it reads `<path>.json`, including the training settings that
+unet3d 0.1 wrote there (converted; they did not record the N4 settings or the voxel spacing).
+
+Schema versions: 1 (unet3d 0.2). A card of a newer schema is refused with what to do; a card
+that misses a field or has an unknown one is refused naming the file, never filled with a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import unet3d
+from unet3d.config import from_plain, to_plain
+from unet3d.errors import InputError
+from unet3d.io import atomic_write
+from unet3d.labels import output_names
+from unet3d.model_space import ModelSpace
+from unet3d.preprocessing import PreprocessConfig
+
+SCHEMA_VERSION = 1
+#: The member of the `.keras` zip archive holding the card.
+CARD_MEMBER = "unet3d_card.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecord:
+    """Where a model's training cases came from.
+
+    data_file: the data store; training_keys_file, validation_keys_file: its saved split.
+    settings: every setting of the training run (`TrainConfig`, as JSON), for people: the program
+        reads only the three files above.
+    """
+
+    data_file: str
+    training_keys_file: str
+    validation_keys_file: str
+    settings: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCard:
+    """What a trained model is and how its inputs must be made.
+
+    model: the network ("isensee2017", "unet3d"; "external" for a model described by flags).
+    modalities: the input channels, in order (e.g. ("t1", "t1ce", "flair", "t2")).
+    target: "regions" (outputs WT, TC, ET) or "labels" (one output per value of `labels`).
+    labels: the label values of the training truths (NCR/NET, ED, ET for BraTS).
+    patch_shape: the training patch, the prediction window; None: trained on whole volumes.
+    space: how cases were brought to the model's space (`unet3d.model_space.ModelSpace`).
+    preprocessing: the N4 settings of the training cases (`PreprocessConfig`); None: not recorded.
+    spacing: the median voxel size (mm) of the training cases' native grids; None: not recorded.
+    training: the store and split it was trained on (None for a model described by flags).
+    unet3d_version: the version that wrote the card.
+    schema_version: the card format (`SCHEMA_VERSION`).
+    """
+
+    model: str
+    modalities: tuple[str, ...]
+    target: str
+    labels: tuple[int, ...]
+    patch_shape: tuple[int, int, int] | None
+    space: ModelSpace
+    preprocessing: PreprocessConfig | None
+    spacing: tuple[float, float, float] | None
+    training: TrainingRecord | None
+    unet3d_version: str = unet3d.__version__
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """Names of the output channels (wt, tc, et or label_<value>)."""
+        return output_names(self.target, self.labels)
+
+    def to_json(self) -> str:
+        return json.dumps(to_plain(self), indent=2) + "\n"
+
+
+def card_path(model_file: str | os.PathLike) -> Path:
+    """The readable copy of a model's card beside it: `<model_file>.json`."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+def card_from_dict(data: Any, source: str) -> ModelCard:
+    """The card of `data` (a parsed card, or unet3d 0.1's training settings); `source` names
+    the file in errors."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: not a model card (a JSON object was expected)")
+    if "schema_version" not in data:
+        return _card_from_training_settings(data, source)
+    version = data["schema_version"]
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise InputError(f"{source}: a model card of schema {version!r}, written by unet3d "
+                         f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
+                         f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
+    return from_plain(ModelCard, data, source)
+
+
+def _card_from_training_settings(settings: dict, source: str) -> ModelCard:
+    """The card of the training settings unet3d 0.1 saved beside its models."""
+    needed = ("model", "modalities", "target", "labels", "patch_shape", "image_shape",
+              "data_file", "training_keys_file", "validation_keys_file")
+    missing = [key for key in needed if key not in settings]
+    if missing:
+        raise InputError(f"{source}: neither a model card nor unet3d 0.1's training settings "
+                         f"(no {', '.join(missing)}); delete it and give the prediction flags "
+                         "the model needs (--modalities, --target, --patch_shape)")
+    image_shape = tuple(settings["image_shape"]) if settings["image_shape"] else None
+    patch_shape = settings["patch_shape"] or image_shape  # whole resampled images: the window
+    training = TrainingRecord(settings["data_file"], settings["training_keys_file"],
+                              settings["validation_keys_file"], settings)
+    return ModelCard(model=settings["model"], modalities=tuple(settings["modalities"]),
+                     target=settings["target"], labels=tuple(settings["labels"]),
+                     patch_shape=tuple(patch_shape) if patch_shape else None,
+                     space=ModelSpace(image_shape), preprocessing=None, spacing=None,
+                     training=training, unet3d_version="0.1.0")
+
+
+def _card_inside(model_file: Path) -> str | None:
+    """The card member of a `.keras` archive, or None (no card, or not a zip archive)."""
+    if not zipfile.is_zipfile(model_file):
+        return None
+    try:
+        with zipfile.ZipFile(model_file) as archive:
+            if CARD_MEMBER not in archive.namelist():
+                return None
+            return archive.read(CARD_MEMBER).decode("utf-8")
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as error:
+        raise InputError(f"{model_file}: cannot read its model card ({error}); the file is "
+                         "corrupt: use another copy or checkpoint") from None
+
+
+def _parse(text: str, source: str) -> ModelCard:
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise InputError(f"{source}: unreadable model card ({error}); restore it from a copy "
+                         "of the model") from None
+    return card_from_dict(data, source)
+
+
+def read_card(model_file: str | os.PathLike) -> ModelCard | None:
+    """The card of `model_file`: the one inside the file, else `<model_file>.json`, else None.
+
+    Raises `InputError` naming the file when a card exists but cannot be read or is of another
+    schema."""
+    model_file = Path(model_file)
+    text = _card_inside(model_file) if model_file.is_file() else None
+    if text is not None:
+        return _parse(text, f"{model_file} ({CARD_MEMBER})")
+    beside = card_path(model_file)
+    if beside.is_file():
+        return _parse(beside.read_text(), str(beside))
+    return None
+
+
+def embed_card(archive: str | os.PathLike, card: ModelCard) -> None:
+    """Add `card` to the `.keras` archive `archive` (a file being written: not atomic)."""
+    with zipfile.ZipFile(archive, "a") as zipped:
+        if CARD_MEMBER in zipped.namelist():
+            raise InputError(f"{archive} already holds a model card")
+        zipped.writestr(CARD_MEMBER, card.to_json())
+
+
+def write_card_copy(model_file: str | os.PathLike, card: ModelCard) -> Path:
+    """Write the readable copy `<model_file>.json` of `card`, atomically; returns its path."""
+    path = card_path(model_file)
+    with atomic_write(path, ".json") as tmp:
+        tmp.write_text(card.to_json())
+    return path

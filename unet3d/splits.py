@@ -1,0 +1,78 @@
+"""The saved split of a store's cases into training and validation (the port's keys files).
+
+The split is drawn once with a seed and saved as two pickled lists of case indices, which every
+later run reuses, so a resumed or repeated run trains and validates on the same cases.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from unet3d.config import PAPER
+from unet3d.data import DataFile, open_store
+from unet3d.errors import InputError
+from unet3d.io import atomic_write
+from unet3d.logs import get_logger
+
+
+def _load_keys(path: Path) -> list[int]:
+    try:
+        with open(path, "rb") as f:
+            keys = pickle.load(f)
+        return [int(k) for k in keys]
+    except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise InputError(f"{path}: cannot read the split ({error}); delete it or pass "
+                         "overwrite=True to draw a new split") from None
+
+
+def _save_keys(keys: Sequence[int], path: Path) -> None:
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump([int(k) for k in keys], f)
+
+
+def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
+                         validation_file: str | os.PathLike, data_split: float = PAPER.data_split,
+                         overwrite: bool = False, seed: int = 0, save: bool = True
+                         ) -> tuple[list[int], list[int]]:
+    """Split the store's cases into training and validation indices, saved to two pickle files.
+
+    The cases are shuffled with `seed` and the first int(n * data_split) go to training, as in the
+    port (which did not seed). Existing keys files are reused unless `overwrite`; they are checked
+    against the store. `save=False` draws the same split without writing it (the non-chief
+    workers of a multi-host run). Returns (training indices, validation indices).
+    """
+    store = open_store(data_file)
+    training_file, validation_file = Path(training_file), Path(validation_file)
+    log = get_logger()
+    if training_file.exists() and validation_file.exists() and not overwrite:
+        training, validation = _load_keys(training_file), _load_keys(validation_file)
+        bad = [k for k in training + validation if not 0 <= k < store.n_cases]
+        if bad or set(training) & set(validation):
+            raise InputError(
+                f"{training_file} / {validation_file} do not fit {store.path} ({store.n_cases} "
+                f"cases): {'indices ' + str(bad[:5]) + ' out of range' if bad else 'they overlap'}."
+                " They belong to another store: delete them (or pass overwrite=True) to split again")
+        log.info("reusing the split in %s (%d training) and %s (%d validation)",
+                 training_file, len(training), validation_file, len(validation))
+        return training, validation
+    if not 0 < data_split <= 1:
+        raise InputError(f"data_split={data_split}: the training fraction is in (0, 1]")
+    order = np.random.default_rng(seed).permutation(store.n_cases).tolist()
+    n_training = int(store.n_cases * data_split)
+    training, validation = order[:n_training], order[n_training:]
+    if not training or (data_split < 1 and not validation):
+        raise InputError(f"{store.path}: {store.n_cases} case(s) with data_split={data_split} "
+                         f"leave {len(training)} for training and {len(validation)} for "
+                         "validation; add cases or change data_split")
+    if not save:
+        return training, validation
+    _save_keys(training, training_file)
+    _save_keys(validation, validation_file)
+    log.info("new split (seed %d): %d training cases -> %s, %d validation -> %s",
+             seed, len(training), training_file, len(validation), validation_file)
+    return training, validation
