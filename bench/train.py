@@ -25,6 +25,7 @@ from absl import app, flags
 
 from common import run_child, synthetic_cases, work_folder
 from unet3d import distribution, recipes
+from unet3d.config import preset
 from unet3d.data import write_data_to_file
 from unet3d.logs import setup_logging
 
@@ -58,7 +59,7 @@ class EpochTimer(keras.callbacks.Callback):
 def child(args: dict) -> dict:
     """One measurement in this (fresh) process; returns seconds per timed epoch and memory."""
     setup_logging()
-    config = recipes.preset(
+    config = preset(
         "paper", data_file=args["data_file"], model_file=str(Path(args["out"]) / "m.keras"),
         training_log=str(Path(args["out"]) / "training.log"),
         training_keys_file=str(Path(args["out"]) / "train.pkl"),

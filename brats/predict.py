@@ -63,6 +63,9 @@ def main(argv) -> int:
     try:
         config = cli.config_from_flags(PredictConfig, PredictConfig())
         if FLAGS.validation:
+            if FLAGS.input_dir:
+                raise InputError("--validation predicts the store's validation split: leave "
+                                 "--input_dir out (or --validation, to predict --input_dir)")
             validation(config, output_dir)
             return 0
         if not FLAGS.input_dir:

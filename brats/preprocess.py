@@ -5,19 +5,20 @@
 
 Finds the cases of any BraTS release under --brats_dir, writes
 <out_dir>/<case>/{t1,t1ce,flair,t2,truth}.nii.gz on the original grid, one progress line per case,
-and logs to <out_dir>/preprocess.log. Rerunning the same command resumes: finished cases are
-skipped unless --overwrite. Exit status 1 if any case failed (the others are still written),
-2 for bad arguments or input.
+and logs to <out_dir>/preprocess.log. The N4 settings are flags of `PreprocessConfig`
+(unet3d/preprocessing.py); they are recorded in <out_dir>/preprocess.json, then in the data store
+and the model card of models trained on it. Rerunning the same command resumes: finished cases are
+skipped unless --overwrite. Exit status 1 if any case failed (the others are still written), 2 for
+bad arguments or input.
 """
 
-from dataclasses import replace
+import dataclasses
 from pathlib import Path
 
 from absl import flags
 
 from unet3d import cli
-
-from unet3d.brats import MODALITIES
+from unet3d.config import TrainConfig
 from unet3d.data import write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.logs import setup_logging
@@ -31,41 +32,27 @@ flags.DEFINE_string("data_file", None, "Also write the HDF5 data store of the pr
                     "here (e.g. brats_data.h5).")
 flags.DEFINE_integer("workers", 1, "Cases processed in parallel (processes).")
 flags.DEFINE_boolean("overwrite", False, "Redo cases already preprocessed and replace --data_file.")
-flags.DEFINE_list("no_bias_correction_modalities", ["flair"],
-                  f"Modalities left without N4 bias correction (of {', '.join(MODALITIES)}).")
-flags.DEFINE_boolean("full_quality_n4", False, "Slower, finer N4 (shrink factor "
-                     f"{FULL_QUALITY_N4['n4_shrink_factor']}, iterations "
-                     f"{FULL_QUALITY_N4['n4_iterations']}) instead of the fast default.")
-flags.DEFINE_string("image_shape", None, "Legacy store: resample every case to this shape "
-                    "(e.g. 128,128,128) instead of cropping at native resolution.")
+flags.DEFINE_boolean("full_quality_n4", False, "Start from the slower, finer N4 ("
+                     + ", ".join(f"--{name} {cli.format_value(value)}"
+                                 for name, value in FULL_QUALITY_N4.items())
+                     + ") instead of the fast defaults.")
+cli.define_flags(PreprocessConfig, PreprocessConfig())
+cli.define_flags(TrainConfig, TrainConfig(), only=("image_shape",))
+flags.adopt_module_key_flags(cli)  # --helpshort lists them
 flags.mark_flags_as_required(["brats_dir", "out_dir"])
 
 
-def main(argv):
+def main(argv) -> int:
     del argv
     out_dir = Path(FLAGS.out_dir)
     logger = setup_logging(out_dir / "preprocess.log")
     try:
-        unknown = set(FLAGS.no_bias_correction_modalities) - set(MODALITIES)
-        if unknown:
-            raise InputError(f"--no_bias_correction_modalities: unknown {sorted(unknown)}; "
-                             f"choose from {', '.join(MODALITIES)}")
         if FLAGS.data_file and Path(FLAGS.data_file).exists() and not FLAGS.overwrite:
             raise InputError(f"--data_file {FLAGS.data_file} already exists; pass --overwrite to "
                              "rebuild it, or choose another name")
-        image_shape = None
-        if FLAGS.image_shape:
-            try:
-                image_shape = tuple(int(n) for n in FLAGS.image_shape.split(","))
-                if len(image_shape) != 3 or min(image_shape) < 1:
-                    raise ValueError
-            except ValueError:
-                raise InputError(f"--image_shape {FLAGS.image_shape!r}: expected three sizes "
-                                 "such as 128,128,128") from None
-        config = PreprocessConfig(bias_correction=tuple(
-            m for m in MODALITIES if m not in FLAGS.no_bias_correction_modalities))
-        if FLAGS.full_quality_n4:
-            config = replace(config, **FULL_QUALITY_N4)
+        base = (dataclasses.replace(PreprocessConfig(), **FULL_QUALITY_N4)
+                if FLAGS.full_quality_n4 else PreprocessConfig())
+        config = cli.config_from_flags(PreprocessConfig, base)
         report = preprocess_brats(FLAGS.brats_dir, out_dir, config, workers=FLAGS.workers,
                                   overwrite=FLAGS.overwrite)
         logger.info(f"preprocessed {len(report.done)}, skipped {len(report.skipped)} (already "
@@ -79,8 +66,8 @@ def main(argv):
             return 1
         if FLAGS.data_file:
             logger.info(f"writing the data store {FLAGS.data_file}")
-            write_store_from_folder(out_dir, FLAGS.data_file, image_shape=image_shape,
-                                    labels=report.labels)
+            write_store_from_folder(out_dir, FLAGS.data_file, modalities=config.modalities,
+                                    image_shape=FLAGS.image_shape, labels=report.labels)
             logger.info(f"data store written: {FLAGS.data_file}")
     except InputError as error:
         logger.error(f"error: {error}")

@@ -30,9 +30,11 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
-def channel_model(n_channels: int = 4, n_outputs: int = 3) -> keras.Model:
-    """A fully convolutional model whose output k is input channel k (a 1x1x1 convolution)."""
-    inputs = keras.Input((None, None, None, n_channels))
+def channel_model(n_channels: int = 4, n_outputs: int = 3,
+                  spatial: tuple = (None, None, None)) -> keras.Model:
+    """A model whose output k is input channel k (a 1x1x1 convolution), fully convolutional
+    unless `spatial` fixes its input size."""
+    inputs = keras.Input((*spatial, n_channels))
     conv = keras.layers.Conv3D(n_outputs, 1, use_bias=False)
     model = keras.Model(inputs, conv(inputs))
     conv.set_weights([np.eye(n_channels, n_outputs, dtype=np.float32).reshape(1, 1, 1, n_channels,

@@ -87,7 +87,18 @@ def test_a_model_copied_alone_predicts_what_the_original_predicts(trained, synth
 
 @pytest.mark.slow
 def test_the_exported_copy_carries_the_card(trained, synthetic_brats, tmp_path):
+    """Including the copy of a unet3d 0.1 model, whose card was beside it."""
     from unet3d.export import export_model
+
+    old = tmp_path / "old" / "old.keras"
+    old.parent.mkdir()
+    channel_model().save(old)
+    card_path(old).write_text(json.dumps({
+        **to_plain(preset("paper", patch_shape=(16, 16, 16), labels=(1, 2, 4))),
+        "modalities": list(MODALITIES)}))
+    exported_old = export_model(old, tmp_path / "exported_old")
+    assert read_card(exported_old / "old.keras") == read_card(old)
+    assert not card_path(exported_old / "old.keras").exists()  # inside the copy itself
 
     exported = export_model(trained.model_file, tmp_path / "exported")
     signature = json.loads((exported / "signature.json").read_text())
@@ -211,19 +222,38 @@ def test_models_of_unet3d_0_1_still_load(tmp_path):
     assert card.unet3d_version == "0.1.0" and card.preprocessing is None
 
 
+def embed_text(path, text: str) -> None:
+    """Put `text` into the model file `path` as its card member, as an edit would."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(CARD_MEMBER, text)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: {**d, "schema_version": SCHEMA_VERSION + 1}, "upgrade unet3d"),
+    (lambda d: {**d, "schema_version": "1"}, "schema '1'"),
     (lambda d: {k: v for k, v in d.items() if k != "target"}, "misses target"),
     (lambda d: {**d, "window": [16, 16, 16]}, "has unknown window"),
-    (lambda d: {k: v for k, v in d.items() if k not in ("schema_version", "model")},
-     "neither a model card nor"),
+    (lambda d: {k: v for k, v in d.items() if k != "schema_version"}, "not a model card"),
 ])
 def test_a_card_of_another_version_or_edited_is_refused(tmp_path, change, message):
     path = tmp_path / "m.keras"
     channel_model().save(path)
-    card_path(path).write_text(json.dumps(change(json.loads(card_of().to_json()))))
+    embed_text(path, json.dumps(change(json.loads(card_of().to_json()))))
     with pytest.raises(InputError, match=message):
         read_card(path)
+
+
+def test_unreadable_or_foreign_card_files_are_refused(tmp_path):
+    path = tmp_path / "m.keras"
+    channel_model().save(path)
     card_path(path).write_text("{not json")
     with pytest.raises(InputError, match="unreadable model card"):
+        read_card(path)
+    card_path(path).write_text(json.dumps({"model": "isensee2017"}))  # neither 0.1 nor a card
+    with pytest.raises(InputError, match="neither a model card nor unet3d 0.1's"):
+        read_card(path)
+    # a card copy beside a file that holds no card: the file was replaced after training wrote
+    # the card (e.g. by a plain model.save), so the copy describes another model
+    card_path(path).write_text(card_of().to_json())
+    with pytest.raises(InputError, match="holds none: the model file was replaced"):
         read_card(path)

@@ -107,3 +107,18 @@ def test_exit_statuses_of_bad_usage_and_help():
                        "--output_dir", "o", "extra")
     assert stray.returncode == 2 and "unexpected arguments: extra" in stray.stderr
     assert run_script("make_synthetic_data.py", "--help").returncode == 0
+
+
+def test_the_preprocessing_flags_are_its_settings():
+    shown = flag_help("preprocess.py")
+    from unet3d.preprocessing import PreprocessConfig
+
+    for field in dataclasses.fields(PreprocessConfig):
+        assert shown_default(shown[field.name]) == cli.format_value(
+            getattr(PreprocessConfig(), field.name))
+    assert shown_default(shown["image_shape"]) == "none"
+    values = flags.FlagValues()
+    cli.define_flags(PreprocessConfig, PreprocessConfig(), values)
+    values(["preprocess", "--bias_correction", "", "--n4_iterations", "5,5"])
+    config = cli.config_from_flags(PreprocessConfig, PreprocessConfig(), values)
+    assert config == PreprocessConfig(bias_correction=(), n4_iterations=(5, 5))

@@ -71,6 +71,19 @@ def test_a_renamed_setting_is_an_error_not_a_default():
     with pytest.raises(InputError, match="expected a JSON object"):
         from_plain(PredictConfig, [1, 2], "m.json")
 
+
+def test_values_of_the_wrong_type_are_errors():
+    """JSON written by hand or by another program: a string where sizes belong, a boolean where
+    a number belongs (Python counts True as 1)."""
+    for name, value in (("patch_shape", "32"), ("n_epochs", True), ("labels", [1, "2", 4]),
+                        ("initial_learning_rate", "5e-4")):
+        plain = {**to_plain(TrainConfig()), name: value}
+        with pytest.raises(InputError, match=f"wrong type: {name} = "):
+            from_plain(TrainConfig, plain, "settings.json")
+    plain = {**to_plain(PredictConfig()), "step": 1, "threshold": 0.4}
+    assert from_plain(PredictConfig, plain, "settings.json").step == 1  # an int is a float
+
+
 def test_every_setting_has_help_for_its_flag():
     for config_class in (TrainConfig, PredictConfig):
         assert all(field.metadata["help"] for field in dataclasses.fields(config_class))

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import run_script
+from helpers import channel_model, run_script, write_model
 from unet3d.errors import InputError
 from unet3d.export import export_model
 from unet3d.model import build_isensee2017, isensee2017_model, load_old_model
@@ -107,6 +107,15 @@ def test_export_checks_channel_names(model_file, tmp_path):
     with pytest.raises(InputError, match="2 names given .* for the 3 output channels"):
         export_model(model_file, tmp_path / "export", output_names=["wt", "tc"])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_export_names_must_agree_with_the_model_card(tmp_path):
+    model_file = write_model(tmp_path / "model", channel_model())
+    with pytest.raises(InputError, match="--channel_names t2,t1,t1ce,flair contradicts the model "
+                                         "card"):
+        export_model(model_file, tmp_path / "export",
+                     channel_names=["t2", "t1", "t1ce", "flair"])
+    assert not (tmp_path / "export").exists()
 
 
 def test_export_refuses_several_outputs(tmp_path):

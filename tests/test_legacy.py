@@ -82,3 +82,34 @@ def test_the_ports_names_import_from_the_ports_modules():
     with pytest.raises(ImportError):
         from unet3d.prediction import no_such_function  # noqa: F401
 
+
+
+def test_validation_run_of_a_port_model_on_a_port_store(tmp_path):
+    """The port's own situation: a model without a card (fixed 16^3 input, one output per label)
+    and a store in the port's layout (channels-first, resampled). Windows are the model's input;
+    labels follow the port's rule, computed here by hand."""
+    from unet3d.data import add_data_to_storage, create_data_file
+    from unet3d.io import read_nifti
+
+    rng = np.random.default_rng(11)
+    images = rng.random((2, 4, 16, 16, 16)).astype(np.float32)
+    store = tmp_path / "port.h5"
+    hdf5_file, data, truth, affine = create_data_file(store, 4, 2, (16, 16, 16))
+    for image in images:
+        add_data_to_storage(data, truth, affine, [*image, np.zeros((16,) * 3, np.uint8)],
+                            np.eye(4), 4)
+    hdf5_file.close()
+    channel_model(spatial=(16, 16, 16)).save(tmp_path / "port.keras")
+    keys = tmp_path / "keys.pkl"
+    keys.write_bytes(pickle.dumps([1, 0]))
+    folders = run_validation_cases(keys, tmp_path / "port.keras", ("t1", "t1ce", "flair", "t2"),
+                                   (1, 2, 4), store, output_label_map=True,
+                                   output_dir=tmp_path / "v", overlap=0)
+    assert [f.rsplit("/", 1)[-1] for f in folders] == ["case_1", "case_0"]
+    for index, folder in ((1, folders[0]), (0, folders[1])):
+        channels = np.moveaxis(images[index][:3], 0, -1)       # what the model outputs
+        expected = np.array([0, 1, 2, 4], np.uint8)[np.where(
+            channels.max(axis=-1) < 0.5, 0, channels.argmax(axis=-1) + 1)]
+        prediction, _ = read_nifti(f"{folder}/prediction.nii.gz")
+        np.testing.assert_array_equal(prediction, expected)
+        np.testing.assert_allclose(read_nifti(f"{folder}/data_t1ce.nii.gz")[0], images[index][1])

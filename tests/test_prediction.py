@@ -114,13 +114,35 @@ def test_validation_run_writes_native_space_cases(store_path, cases, tmp_path):
         assert geometry.same_grid(original_geometry, tolerance=1e-6)
 
 
-def test_brats2023_cases_get_enhancing_tumour_as_label_3(tmp_path):
+@pytest.mark.parametrize("target", ["regions", "labels"])
+def test_brats2023_cases_get_enhancing_tumour_as_label_3(tmp_path, target):
+    """Whatever the labels of its training data (1, 2, 4 here), a model writes each case in the
+    case's own release convention: regions and one output per label alike."""
     from unet3d.synthetic import make_synthetic_brats
 
     make_synthetic_brats(tmp_path / "cases", n_cases=1, shape=(64, 64, 48), seed=3,
                          naming="brats2023")
-    model_file = write_model(tmp_path, channel_model())
+    model_file = write_model(tmp_path, channel_model(), target=target, labels=(1, 2, 4))
     report = predict_cases(model_file, tmp_path / "cases", tmp_path / "out",
                            PredictConfig(bias_correction=False))
     labels, _ = read_nifti(tmp_path / "out" / f"{report.done[0]}.nii.gz")
     assert 3 in labels and 4 not in labels
+    forced = predict_cases(model_file, tmp_path / "cases", tmp_path / "forced",
+                           PredictConfig(bias_correction=False, labels=(1, 2, 4)))
+    labels, _ = read_nifti(tmp_path / "forced" / f"{forced.done[0]}.nii.gz")
+    assert 4 in labels and 3 not in labels
+
+
+@pytest.mark.parametrize("config, message", [
+    (PredictConfig(labels=(1, 2)), "--labels 1,2: 3 values needed"),
+    (PredictConfig(labels=(1, 2, 300)), "--labels 1,2,300: label values are distinct integers"),
+    (PredictConfig(threshold=7.0), "--threshold 7.0: a probability"),
+    (PredictConfig(min_et_voxels=-5), "--min_et_voxels -5"),
+    (PredictConfig(whole_volume=True, patch_shape=(16, 16, 16)), "exclude each other"),
+])
+def test_impossible_prediction_settings_stop_before_any_case(config, message, tmp_path,
+                                                             synthetic_brats):
+    model_file = write_model(tmp_path, channel_model())
+    with pytest.raises(InputError, match=message):
+        predict_cases(model_file, synthetic_brats, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()

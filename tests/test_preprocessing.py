@@ -92,6 +92,17 @@ def test_preprocess_resumes_and_overwrites(brats_copy, tmp_path):
         preprocess_brats(brats_copy, out, PreprocessConfig(bias_correction=("t1",)))
 
 
+@pytest.mark.parametrize("config, message", [
+    (PreprocessConfig(bias_correction=("t1", "t3")), "modalities t3"),
+    (PreprocessConfig(modalities=("t1", "t2"), bias_correction=("t1ce",)), "modalities t1ce"),
+    (PreprocessConfig(n4_iterations=()), "one or more levels"),
+])
+def test_impossible_settings_are_refused_before_any_case(brats_copy, tmp_path, config, message):
+    with pytest.raises(InputError, match=message):
+        preprocess_brats(brats_copy, tmp_path / "out", config)
+    assert not (tmp_path / "out").exists()
+
+
 def corrupt_cases(root: Path) -> dict:
     """Break three cases in three ways; return {case: expected message fragment}."""
     files = case_files(root, "BraTS20_Training_001")

@@ -5,7 +5,6 @@ that must happen before TensorFlow starts; the scripts run as a user would run t
 """
 
 import csv
-import dataclasses
 import json
 import math
 import os
@@ -17,7 +16,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import numpy as np
@@ -27,11 +25,11 @@ from helpers import REPO, paper_run, run_script
 from unet3d.brats import MODALITIES
 from unet3d.data import DataStore, write_data_to_file
 from unet3d.errors import InputError
-from unet3d.model_space import ModelSpace
-from unet3d.recipes import TrainConfig, build_model, check_config, check_divisors, preset
+from unet3d.config import TrainConfig, preset
+from unet3d.recipes import check_config, check_divisors
 from unet3d.training import (EpochSync, NaNGuard, RunCheckpoint, exponential_decay,
                              get_callbacks, load_old_model, make_schedule, poly_decay,
-                             run_training, scaled_learning_rate, step_decay)
+                             run_training, scaled_learning_rate, step_decay, train_model)
 
 ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
 
@@ -175,6 +173,21 @@ def test_get_callbacks_picks_step_decay_or_plateau(tmp_path):
     assert not any(isinstance(c, keras.callbacks.EarlyStopping) for c in plateau)
 
 
+def test_the_ports_train_model_fits_with_its_callbacks(tmp_path, monkeypatch):
+    """train_model: model.fit with get_callbacks: the best model saved, one CSV row per epoch in
+    training.log of the working folder, the port's step decay."""
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model(0.05)
+    history = train_model(model, tmp_path / "best.keras", RecordingDataset(), RecordingDataset(2),
+                          steps_per_epoch=6, validation_steps=2, initial_learning_rate=0.05,
+                          learning_rate_epochs=1, n_epochs=3)
+    assert len(history.history["val_loss"]) == 3
+    assert load_old_model(tmp_path / "best.keras").count_params() == 4
+    assert [row["epoch"] for row in read_log(tmp_path / "training.log")] == ["0", "1", "2"]
+    # epoch 2's rate: 0.05 * 0.5 ** floor((1 + 2) / 1)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.05 * 0.5 ** 3, rel=1e-6)
+
+
 @pytest.mark.parametrize("overrides, message", [
     (dict(loss="focal"), "unknown loss 'focal'"),
     (dict(model="vnet"), "unknown model 'vnet'"),
@@ -189,23 +202,19 @@ def test_check_config_rejects(overrides, message):
         check_config(TrainConfig(**overrides))
 
 
-def test_the_divisor_comes_from_the_model():
-    """Patches are checked against the divisors the built network reports (its depth decides),
-    not against a guess from the model's name."""
-    crop, resampled = SimpleNamespace(space=ModelSpace()), SimpleNamespace(
-        space=ModelSpace(image_shape=(40, 40, 40)))
-    paper = preset("paper", n_base_filters=2)
-    isensee = build_model(paper, 4, 3)
-    unet = build_model(preset("unet", n_base_filters=2), 4, 3)  # depth 4: multiples of 8
-    check_divisors(preset("unet", patch_shape=(24, 24, 24)), crop, unet)
-    check_divisors(dataclasses.replace(paper, patch_shape=(32, 48, 16)), crop, isensee)
+def test_the_divisor_comes_from_the_network():
+    """Patches are checked against the divisors the network reports (its depth decides: 4
+    downsamplings for the Isensee network, 3 for the port's plain U-Net), not against a guess
+    from the model's name."""
+    check_divisors(preset("unet", patch_shape=(24, 24, 24)))
+    check_divisors(preset("paper", patch_shape=(32, 48, 16)))
     with pytest.raises(InputError, match="24,24,24: every size must be divisible by 16"):
-        check_divisors(dataclasses.replace(paper, patch_shape=(24, 24, 24)), crop, isensee)
+        check_divisors(preset("paper", patch_shape=(24, 24, 24)))
     with pytest.raises(InputError, match="divisible by 8 for the unet3d model"):
-        check_divisors(preset("unet", patch_shape=(20, 20, 20)), crop, unet)
-    # whole resampled images: the store's shape is the sample
+        check_divisors(preset("unet", patch_shape=(20, 20, 20)))
+    # whole resampled images: the image is the sample
     with pytest.raises(InputError, match="--image_shape 40,40,40"):
-        check_divisors(preset("legacy"), resampled, isensee)
+        check_divisors(preset("legacy", image_shape=(40, 40, 40)))
     with pytest.raises(InputError, match="unknown preset 'nope'"):
         preset("nope")
 
@@ -536,22 +545,27 @@ def test_resumed_run_keeps_the_optimizer_state(runs):
 # --------------------------------------------------------------------------- 6. bad settings
 
 def nothing_written(folder: Path) -> bool:
-    return (not list(folder.glob("*.keras")) and not (folder / "m.keras.run").exists()
-            and not (folder / "training_ids.pkl").exists() and not (folder / "missing.h5").exists())
+    """Only the store copied there and the log."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".log") == ["data.h5"]
 
 
 @pytest.mark.parametrize("overrides, expected", [
     (dict(patch_shape=(30, 30, 30)), "--patch_shape 30,30,30: every size must be divisible by 16"),
     (dict(data_file="missing.h5"), "missing.h5 does not exist.*--preprocessed_dir"),
-], ids=["patch", "data_file"])
+    (dict(data_file="built.h5", preprocessed_dir="cases", patch_shape=(40, 40, 40)),
+     "--patch_shape 40,40,40"),
+    (dict(labels=(1, 2, 300)), "--labels 1,2,300: label values are distinct integers"),
+], ids=["patch", "data_file", "patch_before_building_the_store", "labels"])
 def test_bad_settings_stop_before_training(overrides, expected, tmp_path, store_path, monkeypatch,
-                                           float32_policy):
-    """Nothing is written, not even the split: the network's divisors are checked before the
-    data are prepared."""
+                                           float32_policy, synthetic_brats):
+    """Nothing is written, not even the split or a store to build: the patch is checked against
+    the network's divisors before the store is built and the data are prepared."""
     from unet3d.recipes import train
 
     shutil.copy(store_path, tmp_path / "data.h5")
     monkeypatch.chdir(tmp_path)
+    if overrides.get("preprocessed_dir"):
+        overrides["preprocessed_dir"] = str(synthetic_brats)
     config = preset("paper", **{**dict(data_file="data.h5", model_file="m.keras", n_epochs=1,
                                        n_base_filters=4, workers=0, precision="float32"),
                                 **overrides})

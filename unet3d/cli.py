@@ -28,7 +28,11 @@ from unet3d.errors import InputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
-HELP_FLAGS = ("--help", "-h", "-help", "--helpshort", "--helpfull", "--helpxml", "-?")
+#: absl's help flags (given as --name or -name); absl ends them with exit status 1.
+HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
+#: What each training recipe is, for the --preset help.
+PRESET_HELP = {"paper": "Isensee 2017 with nnU-Net's region training",
+               "legacy": "the Keras-2 port's config", "unet": "the port's plain 3D U-Net"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,8 +58,10 @@ def format_value(value: Any) -> str:
 
 def _parse_tuple(text: str, hint) -> tuple:
     item, *rest = typing.get_args(hint)
-    values = tuple(item(part.strip()) for part in text.split(","))
     length = None if rest == [Ellipsis] else 1 + len(rest)
+    if length is None and not text.strip():
+        return ()
+    values = tuple(item(part.strip()) for part in text.split(","))
     if length is not None and len(values) != length:
         raise ValueError(f"expected {length} comma-separated values, got {len(values)}")
     return values
@@ -120,11 +126,14 @@ def help_text(field: dataclasses.Field, default: Any) -> str:
     return text
 
 
-def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = FLAGS) -> None:
-    """Define one flag per field of the dataclass `config_class` in `flag_values`, showing the
-    values of `defaults` (an instance) as the defaults."""
+def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = FLAGS,
+                 only: Sequence[str] | None = None) -> None:
+    """Define one flag per field of the dataclass `config_class` (or of the fields named in
+    `only`) in `flag_values`, showing the values of `defaults` (an instance) as the defaults."""
     hints = typing.get_type_hints(config_class)
     for field in dataclasses.fields(config_class):
+        if only is not None and field.name not in only:
+            continue
         default = getattr(defaults, field.name)
         if hints[field.name] is bool:
             flags.DEFINE_boolean(field.name, default, help_text(field, default),
@@ -165,8 +174,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.stderr.write(f"error: {error}\nPass --helpshort to see the flags.\n")
         sys.exit(2)
     except SystemExit as stop:  # absl's --help ends with status 1
-        sys.exit(0 if stop.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in argv)
-                 else stop.code)
+        asked = any(a.lstrip("-").split("=")[0] in HELP_FLAGS for a in argv[1:]
+                    if a.startswith("-"))
+        sys.exit(0 if stop.code == 1 and asked else stop.code)
     if len(remaining) > 1:
         sys.stderr.write(f"error: unexpected arguments: {' '.join(remaining[1:])} (the "
                          "scripts take flags only; --helpshort lists them)\n")
@@ -188,10 +198,9 @@ def define_training_flags(presets: Sequence[str]) -> None:
     and one per `TrainConfig` field, showing the chosen preset's values."""
     chosen = argv_value("preset", sys.argv)
     chosen = chosen if chosen in presets else presets[0]
-    flags.DEFINE_enum("preset", presets[0], list(presets),
-                      "Recipe, its values the defaults of the other flags (paper: Isensee 2017 "
-                      "with nnU-Net's region training; legacy: the Keras-2 port's config; unet: "
-                      "the port's plain 3D U-Net).")
+    described = "; ".join(f"{name}: {PRESET_HELP[name]}" for name in presets)
+    flags.DEFINE_enum("preset", chosen, list(presets), f"Recipe, whose values are the defaults "
+                      f"of the other flags ({described}).")
     define_flags(TrainConfig, preset(chosen))
 
 

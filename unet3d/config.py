@@ -234,8 +234,37 @@ def from_plain(cls: type, data: Any, source: str):
                              f"misses {', '.join(missing)}" if missing else "",
                              f"has unknown {', '.join(unknown)}" if unknown else "") if part)
                          + ": it was written by another version of unet3d, or edited")
-    return cls(**{name: _from_plain_value(hints[name], data[name], f"{source}: {name}")
-                  for name in names})
+    values = {name: _from_plain_value(hints[name], data[name], f"{source}: {name}")
+              for name in names}
+    wrong = [f"{name} = {values[name]!r}" for name in names
+             if not _is_instance(hints[name], values[name])]
+    if wrong:
+        raise InputError(f"{source}: {cls.__name__} has values of the wrong type: "
+                         f"{'; '.join(wrong)}")
+    return cls(**values)
+
+
+def _is_instance(hint, value) -> bool:
+    """Whether `value` is of the annotated type `hint` (ints count as floats, bools as neither)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(option, value) for option in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_instance(args[0], item) for item in value)
+        return len(args) == len(value) and all(map(_is_instance, args, value))
+    if origin is dict:
+        return isinstance(value, dict)
+    if hint in (int, float):
+        return isinstance(value, (int, float) if hint is float else int) \
+            and not isinstance(value, bool)
+    return isinstance(value, hint)
 
 
 def _from_plain_value(hint, value, source: str):

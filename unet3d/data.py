@@ -10,23 +10,19 @@ Layout written by `write_data_to_file` (root attribute `format` = "unet3d-store-
 | `/subject_ids`| Array bytes (utf-8) | (N,)                   | when ids were given                   |
 | `/cases`      | Table               | N rows                 | crop box and original grid per case   |
 
-Default mode (the paper's): each case is cropped to its brain bounding box at its native
-resolution, each modality z-scored over the case's own brain voxels, clipped to [-5, 5] and rescaled
-to [0, 1] with 0 outside the brain; values are stored as uint16 (x 1/65535: steps of 1.5e-5, finer
-than float16, and integers convert to float32 faster on reading). Cases have different sizes: case i
-fills `[0:shape_i]` of its slab (`DataStore.case_shape(i)`), the rest is zero padding that
-compresses to nothing and is never read. `/cases` records the crop box and the original grid so a
-prediction maps back exactly to the original file (`unet3d.model_space.to_native_space`).
+Cases are stored in the model's space (`unet3d.model_space`): cropped to the brain at native
+resolution and normalised to [0, 1] (the paper), or resampled to `image_shape` (the legacy port).
+Normalised values are stored as uint16 (x 1/65535: steps of 1.5e-5, finer than float16, and
+integers convert to float32 faster on reading). Cases have different sizes: case i fills
+`[0:shape_i]` of its slab (`DataStore.case_shape(i)`), the rest is zero padding that compresses to
+nothing and is never read. `/cases` records the crop box and the original grid, so a prediction
+maps back exactly to the original file (`unet3d.model_space.to_native_space`). Root attributes
+record what the model card of a model trained on the store needs: `labels`, `modalities`, the
+model space (`mode` "crop" or "resample", `cropped`, `normalized`, `clip`: `DataStore.space`)
+and, when known, the N4 settings of the files (`preprocessing`, JSON).
 
-Legacy mode (`image_shape` given) crops to the non-zero bounding box padded by one voxel and
-resamples every case to `image_shape`, stretching each brain, as the legacy port did.
-
-Root attributes record what the model card of a model trained on the store needs: `labels`,
-`modalities`, the model space (`mode` "crop" or "resample", `cropped`, `normalized`, `clip`;
-`DataStore.space`) and, when known, the N4 settings of the files (`preprocessing`, JSON).
-
-Stores in the legacy port's layout (float32 (N, C, X, Y, Z) `/data`, (N, 1, X, Y, Z) `/truth`,
-Blosc level 5, default chunks) open and read through `DataStore` too.
+Stores in the legacy port's layout (float32 (N, C, X, Y, Z) `/data`, (N, 1, X, Y, Z) `/truth`;
+written by `unet3d.legacy.data`) open and read through `DataStore` too.
 
 Writes are atomic (a temporary file beside the target, renamed when complete) and memory does not
 grow with the number of cases (one case in memory at a time). `DataStore` opens its own HDF5
@@ -65,6 +61,7 @@ def __getattr__(name: str):
         from unet3d.legacy import data as legacy
         return getattr(legacy, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # --------------------------------------------------------------------------------------------
 # Per-case record of where the stored volume came from.

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from unet3d import recipes
-from unet3d.config import PRECISIONS, PredictConfig, option
+from unet3d.config import PRECISIONS, PredictConfig, option, preset
 from unet3d.data import write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.evaluation import evaluate_folder, format_summary
@@ -115,7 +115,7 @@ def run_demo(config: DemoConfig = DemoConfig(),
     if not store.exists():
         write_store_from_folder(work / "preprocessed", store, progress=progress)
     step("3/5 training")
-    train_config = recipes.preset(
+    train_config = preset(
         "paper", data_file=str(store), model_file=str(work / "model.keras"),
         training_log=str(work / "training.log"),
         training_keys_file=str(work / "training_ids.pkl"),

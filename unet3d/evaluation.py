@@ -384,30 +384,9 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
 
     rows = []
     for index, (case, prediction_path) in enumerate(predictions.items(), start=1):
-        truth_path = truths[case]
-        truth, truth_geometry = read_nifti(truth_path)
-        pred, pred_geometry = read_nifti(prediction_path)
-        if not pred_geometry.same_grid(truth_geometry):
-            raise InputError(
-                f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
-                f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
-                "predictions in the native space of the cases (as brats/predict.py does)")
-        truth_masks = region_masks(truth, labels, str(truth_path))
-        pred_masks = region_masks(pred, labels, str(prediction_path))
-        scores = evaluate_masks(truth_masks, pred_masks, truth_geometry.spacing)
-        row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
-                                for region in REGION_NAMES for metric in METRICS}}
-        rows.append(row)
-        if overlays and case in flairs:
-            flair, _ = read_nifti(flairs[case], dtype=np.float32)
-            if flair.shape == truth.shape:
-                plot_overlay(flair, truth_masks, pred_masks, case, row["wt_dice"],
-                             output_dir / "overlays" / f"{case}.png")
-            else:
-                get_logger().warning(f"case {case}: no overlay, {flairs[case]} (shape "
-                                     f"{flair.shape}) and {truth_path} (shape {truth.shape}) "
-                                     "differ in shape")
-        progress(index, len(predictions), case, row)
+        flair = flairs.get(case) if overlays else None
+        rows.append(_score_case(case, prediction_path, truths[case], labels, flair, output_dir))
+        progress(index, len(predictions), case, rows[-1])
 
     write_scores(rows, output_dir / "scores.csv")
     write_summary(summarize(rows), output_dir / "summary.csv")
@@ -415,6 +394,32 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
     if history is not None:
         plot_loss_graph(history, output_dir / "loss_graph.png", title=Path(training_log).name)
     return rows
+
+
+def _score_case(case: str, prediction_path: Path, truth_path: Path, labels: Sequence[int],
+                flair_path: Path | None, output_dir: Path) -> dict:
+    """The scores row of one case; with `flair_path`, its overlay too."""
+    truth, truth_geometry = read_nifti(truth_path)
+    pred, pred_geometry = read_nifti(prediction_path)
+    if not pred_geometry.same_grid(truth_geometry):
+        raise InputError(
+            f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
+            f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
+            "predictions in the native space of the cases (as brats/predict.py does)")
+    truth_masks = region_masks(truth, labels, str(truth_path))
+    pred_masks = region_masks(pred, labels, str(prediction_path))
+    scores = evaluate_masks(truth_masks, pred_masks, truth_geometry.spacing)
+    row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
+                            for region in REGION_NAMES for metric in METRICS}}
+    if flair_path is not None:
+        flair, _ = read_nifti(flair_path, dtype=np.float32)
+        if flair.shape == truth.shape:
+            plot_overlay(flair, truth_masks, pred_masks, case, row["wt_dice"],
+                         output_dir / "overlays" / f"{case}.png")
+        else:
+            get_logger().warning(f"case {case}: no overlay, {flair_path} (shape {flair.shape}) "
+                                 f"and {truth_path} (shape {truth.shape}) differ in shape")
+    return row
 
 
 # --------------------------------------------------------------------------- reports

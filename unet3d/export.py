@@ -37,6 +37,7 @@ import unet3d
 from unet3d.errors import InputError
 from unet3d.io import publish
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
+from unet3d.model.card import embed_card, embedded_card
 
 SAVED_MODEL_DIR = "saved_model"
 SIGNATURE_NAME = "serving_default"
@@ -81,8 +82,12 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
     model = load_old_model(model_file, compile=False)
     card = read_card(model_file)
     if card is not None:
-        channel_names = channel_names or card.modalities
-        output_names = output_names or card.output_names
+        for flag, given, recorded in (("--channel_names", channel_names, card.modalities),
+                                      ("--output_names", output_names, card.output_names)):
+            if given is not None and tuple(given) != tuple(recorded):
+                raise InputError(f"{flag} {','.join(given)} contradicts the model card of "
+                                 f"{model_file} ({','.join(recorded)}): leave {flag} out")
+        channel_names, output_names = card.modalities, card.output_names
     signature = describe_signature(model, model_file, channel_names, output_names, card)
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +97,8 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         write_saved_model(model, tmp / SAVED_MODEL_DIR,
                           signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
         shutil.copyfile(model_file, tmp / model_file.name)
+        if card is not None and embedded_card(model_file) is None:  # unet3d 0.1's model
+            embed_card(tmp / model_file.name, card)
         (tmp / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
         (tmp / "README.txt").write_text(readme(signature))
         _publish_folder(tmp, output_dir)

@@ -25,6 +25,20 @@ REGION_NAMES = ("wt", "tc", "et")
 DEFAULT_LABELS = LABELS["brats2020"]
 
 
+def check_labels(labels: Sequence[int], count: int | None = None, name: str = "labels"
+                 ) -> tuple[int, ...]:
+    """`labels` as a tuple, checked to be distinct label values in 1..255 (uint8 label maps),
+    `count` of them when given; `InputError` (naming the setting `name`) otherwise."""
+    values = tuple(int(v) for v in labels)
+    if not values or len(set(values)) != len(values) or not all(0 < v < 256 for v in values):
+        raise InputError(f"{name} {','.join(map(str, values))}: label values are distinct "
+                         "integers from 1 to 255, e.g. 1,2,4 (BraTS up to 2021) or 1,2,3 (2023)")
+    if count is not None and len(values) != count:
+        raise InputError(f"{name} {','.join(map(str, values))}: {count} values needed"
+                         + (" (NCR/NET, ED, ET)" if count == 3 else ""))
+    return values
+
+
 def _check_triple(labels: Sequence[int]) -> tuple[int, int, int]:
     labels = tuple(int(v) for v in labels)
     if len(labels) != 3 or len(set(labels)) != 3 or 0 in labels:

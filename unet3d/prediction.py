@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,13 +32,14 @@ from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, predict_volume
 from unet3d.io import Geometry, geometry_from_affine, write_nifti
-from unet3d.labels import DEFAULT_LABELS, brats_regions
+from unet3d.labels import DEFAULT_LABELS, brats_regions, check_labels
 from unet3d.logs import get_logger
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import card_path
 from unet3d.model_space import ModelSpace, to_model_space, to_native_space
 from unet3d.postprocessing import probabilities_to_labels, remove_small_enhancing
 from unet3d.preprocessing import PreprocessConfig, correct_case, read_preprocess_config
+from unet3d.splits import load_keys
 
 #: The port's names, kept importable from this module (`unet3d.legacy.prediction`).
 LEGACY_NAMES = ("predict", "patch_wise_prediction", "get_prediction_labels",
@@ -107,6 +107,10 @@ def check_config(config: PredictConfig, divisor: int) -> None:
             raise InputError(f"--tta permute needs a cubic window, not {shape}")
     if not 0 < config.step <= 1:
         raise InputError(f"--step {config.step}: a fraction of the window in (0, 1]")
+    if not 0 < config.threshold < 1:
+        raise InputError(f"--threshold {config.threshold}: a probability in (0, 1)")
+    if config.min_et_voxels < 0:
+        raise InputError(f"--min_et_voxels {config.min_et_voxels}: a number of voxels, 0 for off")
     if config.batch_size < 1:
         raise InputError(f"--batch_size {config.batch_size}: at least 1 window per model call")
     if config.tta not in TTA_MODES or config.weighting not in WEIGHTINGS:
@@ -116,16 +120,22 @@ def check_config(config: PredictConfig, divisor: int) -> None:
 
 def load_for_prediction(model_file: str | os.PathLike, config: PredictConfig | None = None
                         ) -> tuple[keras.Model, ModelCard, PredictConfig]:
-    """(the model, its card, `config` completed from the card), checked to fit together.
-
-    The window is `config.patch_shape`, else the card's training patch; a model trained on whole
-    volumes (no patch) predicts in one whole-volume pass.
-    """
-    config = config or PredictConfig()
+    """(the model, its card, `config` completed from the card), checked to fit together (see
+    `complete_config`)."""
     if not Path(model_file).is_file():
         raise InputError(f"model file {model_file} not found: train one with "
                          "brats/train_isensee2017.py or give --model_file")
     model = load_old_model(model_file, compile=False)
+    return (model, *complete_config(model_file, model, config or PredictConfig()))
+
+
+def complete_config(model_file: str | os.PathLike, model: keras.Model, config: PredictConfig
+                    ) -> tuple[ModelCard, PredictConfig]:
+    """(the card of `model_file`, `config` completed from it), checked against `model`.
+
+    The window is `config.patch_shape`, else the card's training patch; a model trained on whole
+    volumes (no patch) predicts in one whole-volume pass.
+    """
     card = model_card(model_file, model, config)
     channels = model.input_shape[-1]
     if channels is not None and channels != len(card.modalities):
@@ -136,19 +146,28 @@ def load_for_prediction(model_file: str | os.PathLike, config: PredictConfig | N
         raise InputError(f"{model_file} gives {outputs} output channels, not the "
                          f"{len(card.output_names)} of its target {card.target} "
                          f"({', '.join(card.output_names)})")
+    if config.labels is not None:
+        check_labels(config.labels, len(card.labels), "--labels")
+    if config.whole_volume and config.patch_shape is not None:
+        raise InputError("--whole_volume and --patch_shape exclude each other: give one")
     window = None if config.whole_volume else (config.patch_shape or card.patch_shape)
+    fixed = tuple(model.input_shape[1:4])
+    if None not in fixed and window is not None and tuple(window) != fixed:
+        raise InputError(f"{model_file} takes inputs of {fixed} voxels only, not windows of "
+                         f"{tuple(window)}: leave --patch_shape out")
     config = dataclasses.replace(config, patch_shape=window, whole_volume=window is None)
     check_config(config, max(model_divisors(model)))
-    return model, card, config
+    return card, config
 
 
 def output_labels(card: ModelCard, config: PredictConfig, case_labels: Sequence[int]
                   ) -> tuple[int, ...]:
-    """The label values written: `config.labels`; else the card's for one output per label;
-    else (regions) the case's own release convention."""
+    """The label values written: `config.labels`, else the case's own release convention (for
+    BraTS 2023 naming ET is 3), which names the same tumour classes as the model's training
+    labels; a model of another number of labels writes its training labels."""
     if config.labels:
         return tuple(config.labels)
-    return tuple(card.labels if card.target == "labels" else case_labels)
+    return tuple(case_labels if len(card.labels) == len(case_labels) else card.labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,20 +298,6 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
 # Cases of a data store (the validation run).
 
 
-def read_case_indices(keys_file: str | os.PathLike, store: DataStore) -> list[int]:
-    """The case indices saved in a split file, checked against `store`."""
-    path = Path(keys_file)
-    if not path.is_file():
-        raise InputError(f"{path}: validation keys file not found (training writes it)")
-    with open(path, "rb") as stream:
-        indices = [int(i) for i in pickle.load(stream)]
-    bad = [i for i in indices if not 0 <= i < len(store)]
-    if bad:
-        raise InputError(f"{path}: case indices {bad[:5]} are not in {store.path} "
-                         f"({len(store)} cases): the split belongs to another store")
-    return indices
-
-
 def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConfig,
                         data_file: str | os.PathLike, keys_file: str | os.PathLike,
                         output_dir: str | os.PathLike, output_label_map: bool = True,
@@ -306,9 +311,11 @@ def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConf
     progress = progress or get_logger().info
     with DataStore(data_file) as store:
         if store.space != card.space:
+            remedy = ("give the store it was trained on" if card.training is not None else
+                      "give --image_shape as the model's store was written, or that store")
             raise InputError(f"{data_file} holds cases in another model space ({store.space}) "
-                             f"than the model was trained on ({card.space}): give its own store")
-        indices = read_case_indices(keys_file, store)
+                             f"than the model's ({card.space}): {remedy}")
+        indices = load_keys(keys_file, store)
         labels = tuple(config.labels or store.labels or card.labels)
         return [_store_case(model, card, config, store, index, labels, Path(output_dir),
                             output_label_map, f"[{count}/{len(indices)}]", progress)

@@ -32,7 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from unet3d.brats import MODALITIES, Case, find_cases
-from unet3d.config import from_plain, to_plain
+from unet3d.config import from_plain, option, to_plain
 from unet3d.errors import InputError
 from unet3d.io import (Geometry, check_label_values, publish, read_image_set, to_sitk,
                        write_nifti)
@@ -45,17 +45,30 @@ TRUTH_NAME = "truth"
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Preprocessing settings; the defaults are the fast run.
+    """Preprocessing settings; the defaults are the fast run (`FULL_QUALITY_N4`: the fine one)."""
 
-    n4_shrink_factor: N4 fits the bias field on the image shrunk by this factor per axis and
-        applies it at full resolution (4 takes a few seconds per BraTS volume).
-    n4_iterations: iterations per fitting level (the number of levels is its length).
-    """
+    modalities: tuple[str, ...] = option(MODALITIES, "The modalities of each case, in the order "
+                                         "of the store's channels.")
+    bias_correction: tuple[str, ...] = option(
+        ("t1", "t1ce", "t2"), "Modalities N4 bias-corrected (the port left FLAIR as it is); an "
+        "empty value ('') turns N4 off.")
+    n4_shrink_factor: int = option(4, "N4 fits the bias field on the image shrunk by this factor "
+                                   "per axis and applies it at full resolution (4: a few seconds "
+                                   "per BraTS volume).")
+    n4_iterations: tuple[int, ...] = option((20, 20, 20), "N4 iterations per fitting level (as "
+                                            "many levels as values).")
 
-    modalities: tuple[str, ...] = MODALITIES
-    bias_correction: tuple[str, ...] = ("t1", "t1ce", "t2")
-    n4_shrink_factor: int = 4
-    n4_iterations: tuple[int, ...] = (20, 20, 20)
+
+def check_preprocess_config(config: PreprocessConfig) -> None:
+    """Stop settings naming modalities this package does not know, saying which."""
+    unknown = sorted(set(config.modalities + config.bias_correction) - set(MODALITIES))
+    if unknown or not set(config.bias_correction) <= set(config.modalities):
+        raise InputError(f"modalities {', '.join(unknown or config.bias_correction)}: the "
+                         f"modalities are {', '.join(MODALITIES)}, and N4 corrects some of "
+                         "those preprocessed")
+    if config.n4_shrink_factor < 1 or not config.n4_iterations or min(config.n4_iterations) < 1:
+        raise InputError(f"N4 shrink factor {config.n4_shrink_factor}, iterations "
+                         f"{config.n4_iterations}: positive numbers, one or more levels")
 
 
 #: The full-quality N4 run (slower): finer grid, four levels of 50 iterations.
@@ -203,6 +216,42 @@ def _init_worker(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
+def _claim_folder(out_dir: Path, config: PreprocessConfig, labels: tuple[int, ...],
+                  overwrite: bool) -> None:
+    """Record the settings in `out_dir`, refusing a folder written with others (unless
+    `overwrite`): a folder never mixes settings."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = _settings(config, labels)
+    previous = read_settings(out_dir)
+    if previous is not None and previous != settings and not overwrite:
+        raise InputError(f"{out_dir} was preprocessed with other settings ({previous}); pass "
+                         "--overwrite to redo every case with the new ones, or use another folder")
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def _run_cases(todo: list[Case], out_dir: Path, config: PreprocessConfig, workers: int,
+               record: Callable[[Case, str, str, float], None]) -> None:
+    """Preprocess `todo` in `workers` processes, calling `record` with each case's outcome."""
+    workers = max(1, min(int(workers), len(todo) or 1))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    if workers == 1:
+        _init_worker(threads)
+        for case in todo:
+            record(case, *_run_case(case, out_dir, config))
+        return
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                             initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_case, case, out_dir, config): case for case in todo}
+        for future in as_completed(futures):
+            case = futures[future]
+            try:
+                record(case, *future.result())
+            except Exception as error:  # noqa: BLE001 - a worker died (killed, out of memory)
+                record(case, "error", f"case {case.name}: the worker process died "
+                       f"({type(error).__name__}: {error})", 0.0)
+
+
 def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      config: PreprocessConfig = PreprocessConfig(), workers: int = 1,
                      overwrite: bool = False,
@@ -216,60 +265,33 @@ def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
     Returns a `PreprocessReport`. Raises `InputError` when `brats_dir` holds no case, mixes label
     conventions, or `out_dir` was written with other settings and `overwrite` is not set.
     """
+    check_preprocess_config(config)
     progress = progress or get_logger().info
     cases = find_cases(brats_dir)
-    namings = {case.naming for case in cases}
-    if len(namings) > 1:
+    if len({case.naming for case in cases}) > 1:
         raise InputError(f"{brats_dir}: mixes BraTS 2023 naming (enhancing tumour = 3) with older "
                          "releases (enhancing tumour = 4); preprocess them into separate folders")
-    labels = cases[0].labels
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    settings = _settings(config, labels)
-    previous = read_settings(out_dir)
-    if previous is not None and previous != settings and not overwrite:
-        raise InputError(f"{out_dir} was preprocessed with other settings ({previous}); pass "
-                         "--overwrite to redo every case with the new ones, or use another folder")
-    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
-
-    report = PreprocessReport(labels=labels)
+    _claim_folder(out_dir, config, cases[0].labels, overwrite)
+    report = PreprocessReport(labels=cases[0].labels)
     todo = []
     for case in cases:
         if not overwrite and is_preprocessed(case, out_dir, config.modalities):
             report.skipped.append(case.name)
         else:
             todo.append(case)
-    total = len(cases)
     if report.skipped:
-        progress(f"{len(report.skipped)} of {total} cases already preprocessed in {out_dir}: "
-                 "skipped (pass --overwrite to redo them)")
+        progress(f"{len(report.skipped)} of {len(cases)} cases already preprocessed in "
+                 f"{out_dir}: skipped (pass --overwrite to redo them)")
 
     def record(case: Case, status: str, message: str, seconds: float) -> None:
-        count = len(report.done) + len(report.failed) + len(report.skipped) + 1
+        count = f"[{len(report.done) + len(report.failed) + len(report.skipped) + 1}/{len(cases)}]"
         if status == "ok":
             report.done.append(case.name)
-            progress(f"[{count}/{total}] {case.name}: done in {seconds:.1f} s ({message})")
+            progress(f"{count} {case.name}: done in {seconds:.1f} s ({message})")
         else:
             report.failed[case.name] = message
-            progress(f"[{count}/{total}] {case.name}: FAILED: {message}")
+            progress(f"{count} {case.name}: FAILED: {message}")
 
-    workers = max(1, min(int(workers), len(todo) or 1))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    if workers == 1:
-        _init_worker(threads)
-        for case in todo:
-            record(case, *_run_case(case, out_dir, config))
-        return report
-
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(threads,)) as pool:
-        futures = {pool.submit(_run_case, case, out_dir, config): case for case in todo}
-        for future in as_completed(futures):
-            case = futures[future]
-            try:
-                record(case, *future.result())
-            except Exception as error:  # noqa: BLE001 - a worker died (killed, out of memory)
-                record(case, "error", f"case {case.name}: the worker process died "
-                       f"({type(error).__name__}: {error})", 0.0)
+    _run_cases(todo, out_dir, config, workers, record)
     return report

@@ -16,12 +16,12 @@ import keras
 
 from unet3d.augment import AugmentConfig
 from unet3d.brats import MODALITIES
-from unet3d.config import LOSSES, MODELS, PRESETS, TrainConfig, preset, to_plain  # noqa: F401
+from unet3d.config import LOSSES, MODELS, TrainConfig, to_plain
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import is_chief, make_strategy, set_precision
 from unet3d.errors import InputError
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
-from unet3d.labels import DEFAULT_LABELS
+from unet3d.labels import DEFAULT_LABELS, check_labels
 from unet3d.logs import get_logger
 from unet3d.losses import BCEDiceLoss, SoftDiceLoss
 from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss,
@@ -32,8 +32,8 @@ from unet3d.training import RunResult, make_schedule, run_training
 
 
 def check_config(config: TrainConfig) -> None:
-    """Stop bad settings before anything is built, with what to change. (The patch is checked
-    against the network's size divisors once the network exists: `check_divisors`.)"""
+    """Stop bad settings before anything is built, with what to change. (The patch against the
+    network's size divisors: `check_divisors`.)"""
     if config.loss not in LOSSES:
         raise InputError(f"unknown loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
     if config.model not in MODELS:
@@ -49,14 +49,19 @@ def check_config(config: TrainConfig) -> None:
         raise InputError("--batch_size and --n_epochs must be at least 1")
     if config.random_patches and (config.patch_shape is None or not config.steps_per_epoch):
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
+    if config.labels is not None:
+        check_labels(config.labels, 3 if config.target == "regions" else None, "--labels")
 
 
-def check_divisors(config: TrainConfig, store: DataStore, model: keras.Model) -> None:
-    """Stop when the training samples (the patch, or the store's whole images) are not a size
-    `model` takes: its sizes must be multiples of the model's divisors."""
-    sample = config.patch_shape or store.space.image_shape
-    divisors = model_divisors(model)
-    if sample is not None and any(n % d for n, d in zip(sample, divisors)):
+def check_divisors(config: TrainConfig) -> None:
+    """Stop when the training samples (the patch, or the whole images of `--image_shape`) are not
+    a size the network takes: multiples of the divisors the network reports (`model_divisors`
+    of a narrow copy of it: they depend on its depth and pooling only)."""
+    sample = config.patch_shape or config.image_shape
+    if sample is None:
+        return
+    divisors = model_divisors(build_model(dataclasses.replace(config, n_base_filters=1), 1, 3))
+    if any(n % d for n, d in zip(sample, divisors)):
         flag = "--patch_shape" if config.patch_shape else "--image_shape"
         divisor = (str(divisors[0]) if len(set(divisors)) == 1
                    else f"{', '.join(map(str, divisors))} (per axis)")
@@ -155,8 +160,14 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
     modalities = tuple(store.modalities)
     if not modalities:
         modalities = MODALITIES
-        get_logger().info("%s does not name its channels: the model card records %s (the "
-                          "port's order)", store.path, ", ".join(modalities))
+        get_logger().warning("%s does not name its channels: the model card records %s (the "
+                             "port's order)", store.path, ", ".join(modalities))
+    if store.legacy_layout:
+        get_logger().warning(
+            "%s is in the legacy port's layout, which does not record how its cases were "
+            "normalised and resampled: the model card records this package's way (%s), which "
+            "prediction of raw cases will use; its own store's cases (--validation) are as "
+            "trained", store.path, store.space)
     return ModelCard(model=config.model, modalities=modalities, target=config.target,
                      labels=tuple(config.labels),
                      patch_shape=config.patch_shape or store.space.image_shape,
@@ -188,6 +199,7 @@ def train(config: TrainConfig) -> RunResult:
         if batch % replicas:
             raise InputError(f"{flag} {batch} is the global batch and must be a multiple of the "
                              f"{replicas} replicas (devices): use a multiple of {replicas}")
+    check_divisors(config)  # before the store is built: nothing is written for a bad patch
     chief = is_chief()
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
@@ -205,7 +217,6 @@ def train(config: TrainConfig) -> RunResult:
             lambda: build_model(config, store.n_channels, len(config.labels)),
             lambda: make_datasets(config, store, config.batch_size, validation_batch, chief),
             config.model_file, config.training_log, config.n_epochs, schedule,
-            _callbacks(config), strategy, config.verbose, card=card,
-            check_model=lambda model: check_divisors(config, store, model))
+            _callbacks(config), strategy, config.verbose, card=card)
     finally:
         store.close()

@@ -14,20 +14,30 @@ from typing import Sequence
 import numpy as np
 
 from unet3d.config import PAPER
-from unet3d.data import DataFile, open_store
+from unet3d.data import DataFile, DataStore, open_store
 from unet3d.errors import InputError
 from unet3d.io import atomic_write
 from unet3d.logs import get_logger
 
 
-def _load_keys(path: Path) -> list[int]:
+def load_keys(path: str | os.PathLike, store: DataStore | None = None) -> list[int]:
+    """The case indices saved in the keys file `path` (checked to be cases of `store` when
+    given); `InputError` naming the file when it is missing, unreadable or of another store."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: keys file not found (training writes it when it draws the "
+                         "split)")
     try:
         with open(path, "rb") as f:
-            keys = pickle.load(f)
-        return [int(k) for k in keys]
+            keys = [int(k) for k in pickle.load(f)]
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
         raise InputError(f"{path}: cannot read the split ({error}); delete it or pass "
                          "overwrite=True to draw a new split") from None
+    bad = [k for k in keys if store is not None and not 0 <= k < store.n_cases]
+    if bad:
+        raise InputError(f"{path}: case indices {bad[:5]} are not in {store.path} "
+                         f"({store.n_cases} cases): the split belongs to another store")
+    return keys
 
 
 def _save_keys(keys: Sequence[int], path: Path) -> None:
@@ -50,7 +60,7 @@ def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
     training_file, validation_file = Path(training_file), Path(validation_file)
     log = get_logger()
     if training_file.exists() and validation_file.exists() and not overwrite:
-        training, validation = _load_keys(training_file), _load_keys(validation_file)
+        training, validation = load_keys(training_file), load_keys(validation_file)
         bad = [k for k in training + validation if not 0 <= k < store.n_cases]
         if bad or set(training) & set(validation):
             raise InputError(

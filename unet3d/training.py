@@ -239,15 +239,14 @@ def run_training(build_model: Callable[[], keras.Model],
                  training_log: str | os.PathLike, n_epochs: int,
                  schedule: Callable[[int], float] | None = None,
                  callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
-                 verbose: int | str = "auto", card: ModelCard | None = None,
-                 check_model: Callable[[keras.Model], None] | None = None) -> RunResult:
+                 verbose: int | str = "auto", card: ModelCard | None = None) -> RunResult:
     """Train (or resume) a run; returns the whole run's per-epoch logs.
 
     Args:
         build_model: returns a new compiled model (called inside the strategy's scope).
         make_datasets: returns (training, validation) datasets with an `epoch` attribute
-            (unet3d.generator); validation may be None. Called once the model exists (and passed
-            `check_model`), so bad settings stop before the data are prepared.
+            (unet3d.generator); validation may be None. Called once the model exists, and not
+            for a finished run.
         model_file: the best model (`.keras`); the run folder is `<model_file>.run/`.
         training_log: CSV log, one row per epoch.
         n_epochs: total epochs of the run (a finished run returns at once).
@@ -256,8 +255,6 @@ def run_training(build_model: Callable[[], keras.Model],
         strategy: a tf.distribute strategy or None.
         verbose: Keras' progress output.
         card: the model card saved with the models (`unet3d.model.card`).
-        check_model: called with the new or resumed model before anything else (e.g. to check
-            the patch against its size divisors); raises to stop.
     """
     model_file = Path(model_file)
     run_dir = model_file.with_name(model_file.name + ".run")
@@ -274,8 +271,6 @@ def run_training(build_model: Callable[[], keras.Model],
             log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs,
                      checkpoint.last_model)
             model = load_old_model(checkpoint.last_model)
-    if check_model is not None:
-        check_model(model)
     if chief:  # saves a killed run was making
         for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
             remove_stale_temporaries(path)

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import SimpleITK as sitk
 
 from unet3d.config import PredictConfig
+from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, model_predictor, predict_with_tta, tta_transforms
 from unet3d.io import geometry_from_affine, to_sitk
-from unet3d.model import read_card
+from unet3d.model import load_old_model, read_card
 from unet3d.postprocessing import get_prediction_labels
-from unet3d.prediction import load_for_prediction, predict_store_cases
+from unet3d.prediction import complete_config, predict_store_cases
 from unet3d.utils.patches import compute_patch_indices, get_patch_from_3d_data, reconstruct_from_patches
 
 __all__ = ["predict", "patch_wise_prediction", "get_prediction_labels", "prediction_to_image",
@@ -89,7 +90,8 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
                          training_modalities: Sequence[str], labels: Sequence[int],
                          hdf5_file: str | os.PathLike, output_label_map: bool = False,
                          output_dir: str | os.PathLike = ".", threshold: float = 0.5,
-                         overlap: int = 16, permute: bool = False) -> list[str]:
+                         overlap: int = 16, permute: bool = False,
+                         progress: Callable[[str], None] | None = None) -> list[str]:
     """The port's validation run: for each case index in `validation_keys_file`, write
     `<output_dir>/<subject id>/` with `data_<modality>.nii.gz` (the normalised input),
     `truth.nii.gz` and `prediction.nii.gz` (a label map with `output_label_map`, else
@@ -98,13 +100,22 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
 
     Windows are the model's training patch (its model card), spaced `patch - overlap` apart with
     equal weights as in the port. A model without a card is taken as the port's: one output per
-    label. Returns the case folders written.
+    label, trained on the store's cases, its windows its input size (the store's whole images
+    for a fully convolutional one). Returns the case folders written.
     """
     config = PredictConfig(threshold=threshold, tta="permute" if permute else "none",
                            weighting="constant", labels=tuple(labels),
-                           modalities=tuple(training_modalities),
-                           target=None if read_card(model_file) else "labels")
-    model, card, config = load_for_prediction(model_file, config)
+                           modalities=tuple(training_modalities))
+    model = load_old_model(model_file, compile=False)
+    if read_card(model_file) is None:
+        with DataStore(hdf5_file) as store:
+            space = store.space
+        fully_convolutional = None in model.input_shape[1:4]
+        config = dataclasses.replace(  # windows: the model's input size, else the whole image
+            config, target="labels", image_shape=space.image_shape,
+            patch_shape=space.image_shape if fully_convolutional else None,
+            whole_volume=fully_convolutional and space.image_shape is None)
+    card, config = complete_config(model_file, model, config)
     if not config.whole_volume:
         window = min(config.patch_shape)
         if not 0 <= overlap < window:
@@ -112,4 +123,4 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
                              f"{tuple(config.patch_shape)}")
         config = dataclasses.replace(config, step=(window - overlap) / window)
     return predict_store_cases(model, card, config, hdf5_file, validation_keys_file, output_dir,
-                               output_label_map)
+                               output_label_map, progress)

@@ -100,14 +100,11 @@ def card_path(model_file: str | os.PathLike) -> Path:
 
 
 def card_from_dict(data: Any, source: str) -> ModelCard:
-    """The card of `data` (a parsed card, or unet3d 0.1's training settings); `source` names
-    the file in errors."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: not a model card (a JSON object was expected)")
-    if "schema_version" not in data:
-        return _card_from_training_settings(data, source)
+    """The card of parsed card JSON `data`; `source` names the file in errors."""
+    if not isinstance(data, dict) or "schema_version" not in data:
+        raise InputError(f"{source}: not a model card (no schema_version)")
     version = data["schema_version"]
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
+    if type(version) is not int or version > SCHEMA_VERSION:
         raise InputError(f"{source}: a model card of schema {version!r}, written by unet3d "
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
@@ -148,28 +145,43 @@ def _card_inside(model_file: Path) -> str | None:
                          "corrupt: use another copy or checkpoint") from None
 
 
-def _parse(text: str, source: str) -> ModelCard:
+def _load_json(text: str, source: str) -> Any:
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except ValueError as error:
         raise InputError(f"{source}: unreadable model card ({error}); restore it from a copy "
                          "of the model") from None
-    return card_from_dict(data, source)
+
+
+def embedded_card(model_file: str | os.PathLike) -> ModelCard | None:
+    """The card inside `model_file`, or None."""
+    model_file = Path(model_file)
+    text = _card_inside(model_file) if model_file.is_file() else None
+    if text is None:
+        return None
+    source = f"{model_file} ({CARD_MEMBER})"
+    return card_from_dict(_load_json(text, source), source)
 
 
 def read_card(model_file: str | os.PathLike) -> ModelCard | None:
-    """The card of `model_file`: the one inside the file, else `<model_file>.json`, else None.
+    """The card of `model_file`: the one inside the file; for a file without one, the training
+    settings unet3d 0.1 wrote to `<model_file>.json`; else None.
 
-    Raises `InputError` naming the file when a card exists but cannot be read or is of another
-    schema."""
-    model_file = Path(model_file)
-    text = _card_inside(model_file) if model_file.is_file() else None
-    if text is not None:
-        return _parse(text, f"{model_file} ({CARD_MEMBER})")
+    Raises `InputError` naming the file when a card cannot be read, is of another schema, or is
+    a copy beside a file that holds none (the file was replaced after the card was written)."""
+    card = embedded_card(model_file)
     beside = card_path(model_file)
-    if beside.is_file():
-        return _parse(beside.read_text(), str(beside))
-    return None
+    if card is not None or not beside.is_file():
+        return card
+    data = _load_json(beside.read_text(), str(beside))
+    if isinstance(data, dict) and "schema_version" in data:
+        raise InputError(f"{beside} is a copy of a model card, but {model_file} holds none: the "
+                         "model file was replaced after the card was written (e.g. by a plain "
+                         "model.save). Restore the model file, or delete the copy and give the "
+                         "settings as flags")
+    if not isinstance(data, dict):
+        raise InputError(f"{beside}: neither a model card nor unet3d 0.1's training settings")
+    return _card_from_training_settings(data, str(beside))
 
 
 def embed_card(archive: str | os.PathLike, card: ModelCard) -> None:

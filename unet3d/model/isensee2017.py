@@ -103,23 +103,9 @@ def build_isensee2017(
     check_input_shape(input_shape, divisors)
 
     inputs = keras.Input(input_shape)
-    x = SpatialSizeCheck(divisors)(inputs)
-    level_outputs = []
-    for level in range(depth):
-        filters = n_base_filters * 2**level
-        x = conv_block(x, filters, strides=1 if level == 0 else 2, **block)
-        x = keras.layers.Add()([x, context_module(x, filters, dropout_rate, **block)])
-        level_outputs.append(x)
-
-    heads = {}
-    for level in range(depth - 2, -1, -1):
-        filters = n_base_filters * 2**level
-        x = conv_block(upsample(x, 2), filters, **block)
-        x = keras.layers.Concatenate()([level_outputs[level], x])
-        x = conv_block(conv_block(x, filters, **block), filters, kernel_size=1, **block)
-        if level < n_segmentation_levels:
-            heads[level] = segmentation_logits(x, n_labels)
-
+    levels = encoder(SpatialSizeCheck(divisors)(inputs), depth, n_base_filters, dropout_rate,
+                     **block)
+    heads = decoder(levels, n_base_filters, n_segmentation_levels, n_labels, **block)
     if deep_supervision:
         outputs = {}
         for level in sorted(heads):
@@ -130,6 +116,33 @@ def build_isensee2017(
     for level in range(n_segmentation_levels - 2, -1, -1):
         output = keras.layers.Add()([upsample(output, 2), heads[level]])
     return keras.Model(inputs, output_activation(output, activation_name), name="isensee2017")
+
+
+def encoder(x, depth: int, n_base_filters: int, dropout_rate: float, **block) -> list:
+    """The encoder's output at each of its `depth` levels (level `l`: `n_base_filters * 2**l`
+    filters, stride 2 but at level 0, a context module added)."""
+    levels = []
+    for level in range(depth):
+        filters = n_base_filters * 2**level
+        x = conv_block(x, filters, strides=1 if level == 0 else 2, **block)
+        x = keras.layers.Add()([x, context_module(x, filters, dropout_rate, **block)])
+        levels.append(x)
+    return levels
+
+
+def decoder(levels: list, n_base_filters: int, n_segmentation_levels: int, n_labels: int,
+            **block) -> dict:
+    """The segmentation logits of the finest `n_segmentation_levels` decoder levels, {level:
+    logits}: each level upsamples, concatenates the encoder's output and localises."""
+    x, heads = levels[-1], {}
+    for level in range(len(levels) - 2, -1, -1):
+        filters = n_base_filters * 2**level
+        x = conv_block(upsample(x, 2), filters, **block)
+        x = keras.layers.Concatenate()([levels[level], x])
+        x = conv_block(conv_block(x, filters, **block), filters, kernel_size=1, **block)
+        if level < n_segmentation_levels:
+            heads[level] = segmentation_logits(x, n_labels)
+    return heads
 
 
 def context_module(x, filters: int, dropout_rate: float, **block):

@@ -71,6 +71,9 @@ def save_model(model: keras.Model, model_file: str | os.PathLike, card: ModelCar
     whole renamed to `model_file`, so `model_file` is always a complete model. With
     `readable_copy`, the card is also written to `<model_file>.json` (see `unet3d.model.card`).
     """
+    if card is not None and Path(model_file).suffix != ".keras":
+        raise InputError(f"{model_file}: a model card travels inside .keras files only; save the "
+                         "model as .keras")
     with atomic_write(model_file, ".keras") as tmp:
         model.save(tmp)
         if card is not None:
