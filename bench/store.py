@@ -20,8 +20,9 @@ import numpy as np
 import tables
 from absl import app, flags
 
-from unet3d.data import (FILTERS, DataStore, StoreWriter, add_data_to_storage,
-                         create_data_file, write_data_to_file)
+from unet3d.data import DataStore, write_data_to_file
+from unet3d.legacy.data import add_data_to_storage, create_data_file
+from unet3d.store_writer import FILTERS, StoreWriter
 from common import synthetic_cases, work_folder
 
 FLAGS = flags.FLAGS

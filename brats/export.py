@@ -22,9 +22,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. isensee2017_model.keras.")
 flags.DEFINE_string("output", None, "Folder to create with the export.")
 flags.DEFINE_boolean("overwrite", False, "Replace --output if it exists.")
-flags.DEFINE_list("channel_names", None, "The model's input channels in order, recorded in "
+flags.DEFINE_list("channel_names", None, "The model's input channels in order (default: its "
+                  "model card's; names contradicting the card are refused), recorded in "
                   "signature.json (this package's data stores hold t1,t1ce,flair,t2).")
-flags.DEFINE_list("output_names", None, "The model's output channels in order, recorded in "
+flags.DEFINE_list("output_names", None, "The model's output channels in order (default: its "
+                  "model card's), recorded in "
                   "signature.json (e.g. wt,tc,et for region training).")
 flags.mark_flags_as_required(["model_file", "output"])
 

@@ -65,7 +65,7 @@ def main(argv) -> int:
         if FLAGS.validation:
             if FLAGS.input_dir:
                 raise InputError("--validation predicts the store's validation split: leave "
-                                 "--input_dir out (or --validation, to predict --input_dir)")
+                                 "--input_dir out, or drop --validation to predict --input_dir")
             validation(config, output_dir)
             return 0
         if not FLAGS.input_dir:

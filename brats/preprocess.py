@@ -50,6 +50,11 @@ def main(argv) -> int:
         if FLAGS.data_file and Path(FLAGS.data_file).exists() and not FLAGS.overwrite:
             raise InputError(f"--data_file {FLAGS.data_file} already exists; pass --overwrite to "
                              "rebuild it, or choose another name")
+        if FLAGS.image_shape is not None and not FLAGS.data_file:
+            raise InputError("--image_shape is the shape of the store: give --data_file too")
+        if FLAGS.image_shape is not None and min(FLAGS.image_shape) < 1:
+            raise InputError(f"--image_shape {cli.format_value(FLAGS.image_shape)}: three "
+                             "positive sizes such as 128,128,128")
         base = (dataclasses.replace(PreprocessConfig(), **FULL_QUALITY_N4)
                 if FLAGS.full_quality_n4 else PreprocessConfig())
         config = cli.config_from_flags(PreprocessConfig, base)
@@ -66,8 +71,8 @@ def main(argv) -> int:
             return 1
         if FLAGS.data_file:
             logger.info(f"writing the data store {FLAGS.data_file}")
-            write_store_from_folder(out_dir, FLAGS.data_file, modalities=config.modalities,
-                                    image_shape=FLAGS.image_shape, labels=report.labels)
+            write_store_from_folder(out_dir, FLAGS.data_file, image_shape=FLAGS.image_shape,
+                                    labels=report.labels)
             logger.info(f"data store written: {FLAGS.data_file}")
     except InputError as error:
         logger.error(f"error: {error}")

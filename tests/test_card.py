@@ -230,7 +230,11 @@ def embed_text(path, text: str) -> None:
 
 @pytest.mark.parametrize("change, message", [
     (lambda d: {**d, "schema_version": SCHEMA_VERSION + 1}, "upgrade unet3d"),
-    (lambda d: {**d, "schema_version": "1"}, "schema '1'"),
+    (lambda d: {**d, "schema_version": "1"}, "schema_version '1' is not a schema number"),
+    (lambda d: {**d, "modalities": ["t1", "t1ce", "flair", "xx"]}, "not distinct modalities"),
+    (lambda d: {**d, "labels": [1, 2, 300]}, "labels 1,2,300: label values are distinct"),
+    (lambda d: {**d, "target": "blobs"}, "target 'blobs' is not one of"),
+    (lambda d: {**d, "patch_shape": [16, 0, 16]}, "patch_shape .16, 0, 16. is not three"),
     (lambda d: {k: v for k, v in d.items() if k != "target"}, "misses target"),
     (lambda d: {**d, "window": [16, 16, 16]}, "has unknown window"),
     (lambda d: {k: v for k, v in d.items() if k != "schema_version"}, "not a model card"),

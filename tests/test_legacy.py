@@ -113,3 +113,25 @@ def test_validation_run_of_a_port_model_on_a_port_store(tmp_path):
         prediction, _ = read_nifti(f"{folder}/prediction.nii.gz")
         np.testing.assert_array_equal(prediction, expected)
         np.testing.assert_allclose(read_nifti(f"{folder}/data_t1ce.nii.gz")[0], images[index][1])
+
+
+def test_validation_run_of_a_card_less_model_uses_its_stores_space(cases, tmp_path):
+    """A store written without crop or normalisation, a fully convolutional model without a card:
+    whole images, in the store's own space (the inputs written back are the raw images)."""
+    from unet3d.data import write_data_to_file
+    from unet3d.io import read_nifti
+
+    store = tmp_path / "raw.h5"
+    write_data_to_file([c.files() for c in cases[:2]], store, normalize=False, crop=False,
+                       subject_ids=[c.name for c in cases[:2]])
+    channel_model().save(tmp_path / "plain.keras")
+    keys = tmp_path / "keys.pkl"
+    keys.write_bytes(pickle.dumps([1]))
+    (folder,) = run_validation_cases(keys, tmp_path / "plain.keras",
+                                     ("t1", "t1ce", "flair", "t2"), (1, 2, 4), store,
+                                     output_dir=tmp_path / "v")
+    raw_t1, _ = read_nifti(cases[1].images["t1"], dtype=np.float32)
+    np.testing.assert_array_equal(read_nifti(f"{folder}/data_t1.nii.gz")[0], raw_t1)
+    np.testing.assert_allclose(read_nifti(f"{folder}/prediction_label_1.nii.gz")[0], raw_t1,
+                               rtol=1e-6)
+

@@ -14,7 +14,7 @@ from unet3d.errors import InputError
 from unet3d.io import read_nifti
 from unet3d.model.card import TrainingRecord
 from unet3d.model_space import brain_mask, normalize_modality
-from unet3d.prediction import predict_cases
+from unet3d.prediction import load_for_prediction, predict_cases
 
 
 def test_predictions_are_the_input_grid_and_put_the_crop_back_in_place(cases, synthetic_brats,
@@ -146,3 +146,21 @@ def test_impossible_prediction_settings_stop_before_any_case(config, message, tm
     with pytest.raises(InputError, match=message):
         predict_cases(model_file, synthetic_brats, tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_model_of_a_fixed_input_size_predicts_in_windows_of_that_size(tmp_path,
+                                                                       synthetic_brats):
+    """Its window is its input size, whatever the card says of the patch; a whole-volume pass,
+    or another window, is refused before any case is read."""
+    model_file = write_model(tmp_path, channel_model(spatial=(16, 16, 16)), patch_shape=None)
+    model, card, config = load_for_prediction(model_file)
+    assert config.patch_shape == (16, 16, 16) and not config.whole_volume
+    for bad, message in ((PredictConfig(whole_volume=True), "not --whole_volume"),
+                         (PredictConfig(patch_shape=(32, 32, 32)), "not --patch_shape")):
+        with pytest.raises(InputError, match=f"takes inputs of .16, 16, 16. voxels only.*{message}"):
+            predict_cases(model_file, synthetic_brats, tmp_path / "out", bad)
+    wrong = write_model(tmp_path / "wrong", channel_model(spatial=(16, 16, 16)),
+                        patch_shape=(32, 32, 32))
+    with pytest.raises(InputError, match="not the model card's patch"):
+        load_for_prediction(wrong)
+

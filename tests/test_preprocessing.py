@@ -93,14 +93,37 @@ def test_preprocess_resumes_and_overwrites(brats_copy, tmp_path):
 
 
 @pytest.mark.parametrize("config, message", [
-    (PreprocessConfig(bias_correction=("t1", "t3")), "modalities t3"),
-    (PreprocessConfig(modalities=("t1", "t2"), bias_correction=("t1ce",)), "modalities t1ce"),
+    (PreprocessConfig(bias_correction=("t1", "t3")), "unknown t3"),
+    (PreprocessConfig(modalities=("t1", "t2"), bias_correction=("t1ce",)),
+     "--bias_correction t1ce: not among --modalities t1,t2"),
+    (PreprocessConfig(modalities=("t1", "t1")), "--modalities t1,t1: one or more, each once"),
+    (PreprocessConfig(modalities=(), bias_correction=()), "one or more, each once"),
     (PreprocessConfig(n4_iterations=()), "one or more levels"),
 ])
 def test_impossible_settings_are_refused_before_any_case(brats_copy, tmp_path, config, message):
     with pytest.raises(InputError, match=message):
         preprocess_brats(brats_copy, tmp_path / "out", config)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_store_of_fewer_modalities_keeps_their_order(brats_copy, tmp_path):
+    """The modalities preprocessed (here two, FLAIR first) are the store's channels, in order."""
+    config = PreprocessConfig(modalities=("flair", "t1ce"), bias_correction=("t1ce",))
+    preprocess_brats(brats_copy, tmp_path / "out", config)
+    with DataStore(write_store_from_folder(tmp_path / "out", tmp_path / "s.h5",
+                                           progress=lambda line: None)) as store:
+        assert store.modalities == ("flair", "t1ce") and store.n_channels == 2
+        assert store.preprocessing == config
+
+
+def test_the_script_checks_the_store_shape_before_any_case(brats_copy, tmp_path):
+    for args, message in ((["--image_shape", "0,16,16", "--data_file", str(tmp_path / "s.h5")],
+                           "--image_shape 0,16,16: three positive sizes"),
+                          (["--image_shape", "16,16,16"], "give --data_file too")):
+        result = run_script("preprocess.py", f"--brats_dir={brats_copy}",
+                            f"--out_dir={tmp_path / 'out'}", *args)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert not list((tmp_path / "out").glob("BraTS*"))
 
 
 def corrupt_cases(root: Path) -> dict:

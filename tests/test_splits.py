@@ -52,7 +52,7 @@ def test_validation_split_reuses_existing_files(big_store_path, tmp_path):
 
 def test_validation_split_rejects_files_of_another_store(store_path, tmp_path):
     training, validation = keys(tmp_path)
-    for bad_training, bad_validation, message in [([0, 1, 9], [2], "out of range"),
+    for bad_training, bad_validation, message in [([0, 1, 9], [2], "belongs to another store"),
                                                   ([0, 1, 2], [2], "overlap")]:
         with open(training, "wb") as f:
             pickle.dump(bad_training, f)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO, paper_run, run_script
-from unet3d.brats import MODALITIES
+from unet3d.brats import MODALITIES, find_cases
 from unet3d.data import DataStore, write_data_to_file
 from unet3d.errors import InputError
 from unet3d.config import TrainConfig, preset
@@ -193,6 +193,7 @@ def test_the_ports_train_model_fits_with_its_callbacks(tmp_path, monkeypatch):
     (dict(model="vnet"), "unknown model 'vnet'"),
     (dict(patch_shape=(64, 64)), "three positive sizes"),
     (dict(steps_per_epoch=None), "--steps_per_epoch"),
+    (dict(model_file="m.h5"), "--model_file m.h5: models are saved as .keras"),
     (dict(patch_shape=None, random_patches=False, batch_size=2), "--patch_shape"),
     (dict(batch_size=0), "--batch_size"),
     (dict(patch_shape=None, batch_size=1), "random patches need --patch_shape"),
@@ -544,9 +545,9 @@ def test_resumed_run_keeps_the_optimizer_state(runs):
 
 # --------------------------------------------------------------------------- 6. bad settings
 
-def nothing_written(folder: Path) -> bool:
-    """Only the store copied there and the log."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix != ".log") == ["data.h5"]
+def nothing_written(folder: Path, present=("data.h5",)) -> bool:
+    """Only the files put there before, and the log."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix != ".log") == sorted(present)
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -555,7 +556,9 @@ def nothing_written(folder: Path) -> bool:
     (dict(data_file="built.h5", preprocessed_dir="cases", patch_shape=(40, 40, 40)),
      "--patch_shape 40,40,40"),
     (dict(labels=(1, 2, 300)), "--labels 1,2,300: label values are distinct integers"),
-], ids=["patch", "data_file", "patch_before_building_the_store", "labels"])
+    (dict(data_file="store40.h5", patch_shape=None, random_patches=False, batch_size=1),
+     "the store's image shape 40,40,40: every size must be divisible by 16"),
+], ids=["patch", "data_file", "patch_before_building_the_store", "labels", "whole_images"])
 def test_bad_settings_stop_before_training(overrides, expected, tmp_path, store_path, monkeypatch,
                                            float32_policy, synthetic_brats):
     """Nothing is written, not even the split or a store to build: the patch is checked against
@@ -564,6 +567,9 @@ def test_bad_settings_stop_before_training(overrides, expected, tmp_path, store_
 
     shutil.copy(store_path, tmp_path / "data.h5")
     monkeypatch.chdir(tmp_path)
+    if overrides.get("data_file") == "store40.h5":  # whole resampled images of a bad size
+        write_data_to_file([case.files() for case in find_cases(synthetic_brats)[:2]],
+                           tmp_path / "store40.h5", image_shape=(40, 40, 40))
     if overrides.get("preprocessed_dir"):
         overrides["preprocessed_dir"] = str(synthetic_brats)
     config = preset("paper", **{**dict(data_file="data.h5", model_file="m.keras", n_epochs=1,
@@ -571,7 +577,8 @@ def test_bad_settings_stop_before_training(overrides, expected, tmp_path, store_
                                 **overrides})
     with pytest.raises(InputError, match=expected):
         train(config)
-    assert nothing_written(tmp_path)
+    assert nothing_written(tmp_path, ["data.h5", "store40.h5"] if
+                           overrides.get("data_file") == "store40.h5" else ["data.h5"])
 
 
 def test_the_training_script_exits_2_on_bad_settings(tmp_path, store_path, monkeypatch):

@@ -131,6 +131,9 @@ def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = F
     """Define one flag per field of the dataclass `config_class` (or of the fields named in
     `only`) in `flag_values`, showing the values of `defaults` (an instance) as the defaults."""
     hints = typing.get_type_hints(config_class)
+    unknown = set(only or ()) - set(hints)
+    if unknown:
+        raise ValueError(f"{config_class.__name__} has no field {', '.join(sorted(unknown))}")
     for field in dataclasses.fields(config_class):
         if only is not None and field.name not in only:
             continue

@@ -1,17 +1,8 @@
 """The compressed HDF5 data store (PyTables, Blosc).
 
-Layout written by `write_data_to_file` (root attribute `format` = "unet3d-store-1"):
-
-| node          | type                | shape                  |                                       |
-|---------------|---------------------|------------------------|---------------------------------------|
-| `/data`       | EArray uint16/f32   | (N, X, Y, Z, C)        | channels-last, chunks (1, 32, 32, 32, C) |
-| `/truth`      | EArray uint8        | (N, X, Y, Z)           | raw label values; absent if unlabelled |
-| `/affine`     | EArray float64      | (N, 4, 4)              | RAS voxel-to-world of the stored grid |
-| `/subject_ids`| Array bytes (utf-8) | (N,)                   | when ids were given                   |
-| `/cases`      | Table               | N rows                 | crop box and original grid per case   |
-
-Cases are stored in the model's space (`unet3d.model_space`): cropped to the brain at native
-resolution and normalised to [0, 1] (the paper), or resampled to `image_shape` (the legacy port).
+The layout is in `unet3d/store_writer.py`. Cases are stored in the model's space
+(`unet3d.model_space`): cropped to the brain at native resolution and normalised to [0, 1] (the
+paper), or resampled to `image_shape` (the legacy port).
 Normalised values are stored as uint16 (x 1/65535: steps of 1.5e-5, finer than float16, and
 integers convert to float32 faster on reading). Cases have different sizes: case i fills
 `[0:shape_i]` of its slab (`DataStore.case_shape(i)`), the rest is zero padding that compresses to
@@ -42,16 +33,12 @@ import tables
 from unet3d.brats import LABELS, MODALITIES, find_cases
 from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
-from unet3d.io import Geometry, nifti_shape, publish, temporary_path
+from unet3d.io import Geometry, nifti_shape
 from unet3d.logs import get_logger
-from unet3d.model_space import CLIP, CaseInfo, ModelSpace, prepare_case, stored_grid
+from unet3d.model_space import CLIP, CaseInfo, ModelSpace, prepare_case
 from unet3d.preprocessing import PreprocessConfig, read_preprocess_config
+from unet3d.store_writer import FORMAT, StoreWriter
 
-FORMAT = "unet3d-store-1"
-#: Edge of the cubic chunks of `/data` and `/truth`: a random 128^3 patch touches at most 5^3.
-CHUNK_EDGE = 32
-#: Codec of the store: Blosc with LZ4 and byte shuffle (bench/store.py compares the others).
-FILTERS = tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
 #: The port's names for writing its layout (`unet3d.legacy.data`), importable from here.
 LEGACY_NAMES = ("create_data_file", "add_data_to_storage")
 
@@ -64,113 +51,21 @@ def __getattr__(name: str):
 
 
 # --------------------------------------------------------------------------------------------
-# Per-case record of where the stored volume came from.
-
-
-class _CaseRow(tables.IsDescription):
-    subject_id = tables.StringCol(256, pos=0)
-    shape = tables.Int32Col(shape=(3,), pos=1)
-    crop_start = tables.Int32Col(shape=(3,), pos=2)
-    crop_stop = tables.Int32Col(shape=(3,), pos=3)
-    original_shape = tables.Int32Col(shape=(3,), pos=4)
-    spacing = tables.Float64Col(shape=(3,), pos=5)
-    origin = tables.Float64Col(shape=(3,), pos=6)
-    direction = tables.Float64Col(shape=(9,), pos=7)
-
-
-# --------------------------------------------------------------------------------------------
 # Writing.
 
 
-class StoreWriter:
-    """Write a store case by case; the file appears at `out_file` only on `commit()`.
-
-    Used as a context manager: leaving the block by an exception deletes the temporary file.
-
-        with StoreWriter(path, n_channels=4, spatial_shape=(240, 240, 155)) as writer:
-            writer.append(image, truth, info)   # image (x, y, z, c), truth (x, y, z)
-            writer.commit()
-    """
-
-    def __init__(self, out_file: str | os.PathLike, n_channels: int,
-                 spatial_shape: Sequence[int], with_truth: bool = True,
-                 dtype: np.dtype = np.uint16, attributes: dict | None = None,
-                 filters: tables.Filters = FILTERS, chunk_edge: int = CHUNK_EDGE):
-        self.out_file = Path(out_file)
-        self.out_file.parent.mkdir(parents=True, exist_ok=True)
-        self.spatial_shape = tuple(int(n) for n in spatial_shape)
-        self.n_channels = int(n_channels)
-        dtype = np.dtype(dtype)
-        # Integer dtypes quantise images in [0, 1] to their full range (uint16: steps of 1.5e-5).
-        self.scale = 1.0 / np.iinfo(dtype).max if dtype.kind == "u" else 1.0
-        self._tmp = temporary_path(self.out_file)
-        self._file = tables.open_file(str(self._tmp), mode="w")
-        chunk = tuple(min(chunk_edge, n) for n in self.spatial_shape)
-        root = self._file.root
-        self._data = self._file.create_earray(
-            root, "data", tables.Atom.from_dtype(np.dtype(dtype)),
-            shape=(0, *self.spatial_shape, self.n_channels), filters=filters,
-            chunkshape=(1, *chunk, self.n_channels))
-        self._truth = None
-        if with_truth:
-            self._truth = self._file.create_earray(
-                root, "truth", tables.UInt8Atom(), shape=(0, *self.spatial_shape),
-                filters=filters, chunkshape=(1, *chunk))
-        self._affine = self._file.create_earray(root, "affine", tables.Float64Atom(),
-                                                shape=(0, 4, 4))
-        self._cases = self._file.create_table(root, "cases", _CaseRow)
-        root._v_attrs.format = FORMAT
-        root._v_attrs.data_scale = self.scale
-        for key, value in (attributes or {}).items():
-            setattr(root._v_attrs, key, value)
-
-    def append(self, image: np.ndarray, truth: np.ndarray | None, info: CaseInfo) -> None:
-        """Append one case: image (x, y, z, c) and truth (x, y, z) no larger than the slab."""
-        shape = image.shape[:3]
-        if any(n > m for n, m in zip(shape, self.spatial_shape)) or image.shape[3] != self.n_channels:
-            raise ValueError(f"case {info.subject_id}: image {image.shape} does not fit the store "
-                             f"({self.spatial_shape} x {self.n_channels} channels)")
-        region = tuple(slice(0, n) for n in shape)
-        slab = np.zeros((1, *self.spatial_shape, self.n_channels), dtype=self._data.dtype)
-        if self.scale != 1.0:
-            if image.min() < 0 or image.max() > 1:
-                raise ValueError(f"case {info.subject_id}: a {self._data.dtype} store holds images "
-                                 "normalised to [0, 1]")
-            image = np.rint(image / self.scale)
-        slab[(0, *region)] = image
-        self._data.append(slab)
-        if self._truth is not None:
-            if truth is None:
-                raise ValueError(f"case {info.subject_id}: this store holds labels, none given")
-            labels = np.zeros((1, *self.spatial_shape), dtype=np.uint8)
-            labels[(0, *region)] = truth
-            self._truth.append(labels)
-        geometry = info.original
-        self._affine.append(stored_grid(info).affine[np.newaxis])
-        self._cases.append([(info.subject_id.encode("utf-8"), shape, info.crop_start,
-                             info.crop_stop, geometry.shape, geometry.spacing, geometry.origin,
-                             geometry.direction)])
-
-    def commit(self, subject_ids: Sequence[str] | None = None) -> Path:
-        """Finish the file and move it to `out_file` (replacing any file there)."""
-        if subject_ids is not None:
-            self._file.create_array(self._file.root, "subject_ids",
-                                    obj=[s.encode("utf-8") for s in subject_ids])
-        self._file.close()
-        publish(self._tmp, self.out_file)
-        return self.out_file
-
-    def abort(self) -> None:
-        if self._file.isopen:
-            self._file.close()
-        self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "StoreWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None or self._file.isopen:
-            self.abort()
+def _channels(files: list[tuple], with_truth: bool, subject_ids: Sequence[str] | None,
+              out_file: str | os.PathLike) -> int:
+    """The number of image channels of `files` (one tuple per case), checked to be a store."""
+    if not files:
+        raise InputError(f"{out_file}: no cases to write (the list of files is empty)")
+    n_channels = len(files[0]) - int(with_truth)
+    if n_channels < 1 or any(len(case) != len(files[0]) for case in files):
+        raise InputError(f"{out_file}: every case needs the same number of files (modalities, then "
+                         "the label file unless with_truth=False)")
+    if subject_ids is not None and len(subject_ids) != len(files):
+        raise InputError(f"{out_file}: {len(subject_ids)} subject ids for {len(files)} cases")
+    return n_channels
 
 
 def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]],
@@ -202,14 +97,7 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     if np.dtype(truth_dtype) != np.uint8:
         raise InputError(f"truth_dtype {np.dtype(truth_dtype)} is not supported: labels are uint8")
     files = [tuple(case) for case in training_data_files]
-    if not files:
-        raise InputError(f"{out_file}: no cases to write (the list of files is empty)")
-    n_channels = len(files[0]) - int(with_truth)
-    if n_channels < 1 or any(len(case) != len(files[0]) for case in files):
-        raise InputError(f"{out_file}: every case needs the same number of files (modalities, then "
-                         "the label file unless with_truth=False)")
-    if subject_ids is not None and len(subject_ids) != len(files):
-        raise InputError(f"{out_file}: {len(subject_ids)} subject ids for {len(files)} cases")
+    n_channels = _channels(files, with_truth, subject_ids, out_file)
     names = list(subject_ids) if subject_ids is not None else [
         Path(case[0]).parent.name or f"case_{i}" for i, case in enumerate(files)]
     progress = progress or get_logger().info
@@ -238,7 +126,7 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
 
 
 def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str | os.PathLike,
-                            modalities: Sequence[str] = MODALITIES,
+                            modalities: Sequence[str] | None = None,
                             image_shape: Sequence[int] | None = None,
                             labels: Sequence[int] | None = None,
                             progress: Callable[[str], None] | None = None) -> str:
@@ -246,8 +134,9 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
 
     The store holds labels if every case has a label file and none if no case has one; a mix is
     an error (keep training and prediction cases in separate folders). `labels` defaults to the
-    convention recorded by `brats/preprocess.py`, else to the cases' release naming; the N4
-    settings it recorded go into the store (and from there into the model card).
+    convention recorded by `brats/preprocess.py`, else to the cases' release naming, and
+    `modalities` (the channels, in order) to the modalities it preprocessed, else `MODALITIES`;
+    the N4 settings it recorded go into the store (and from there into the model card).
     """
     cases = find_cases(preprocessed_dir)
     labelled = [case.label is not None for case in cases]
@@ -258,6 +147,7 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
                          "store is all labelled or all unlabelled: move them to another folder")
     preprocessing, recorded_labels = read_preprocess_config(preprocessed_dir)
     labels = labels or recorded_labels or cases[0].labels
+    modalities = tuple(modalities or (preprocessing.modalities if preprocessing else MODALITIES))
     return write_data_to_file([case.files(tuple(modalities)) for case in cases], data_file,
                               image_shape=image_shape, subject_ids=[case.name for case in cases],
                               with_truth=all(labelled), labels=labels, modalities=modalities,

@@ -68,14 +68,7 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
     names do not match its channels.
     """
     model_file, output_dir = Path(model_file), Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise InputError(f"output {output_dir} is a file, not a folder: choose another folder")
-    if output_dir.resolve() in Path(model_file).resolve().parents:
-        raise InputError(f"{model_file} is inside the output folder {output_dir}: exporting there "
-                         "would replace the folder the model lives in; choose another --output")
-    if output_dir.exists() and not overwrite:
-        raise InputError(f"output folder {output_dir} already exists: pass --overwrite "
-                         "(overwrite=True) to replace it, or choose another folder")
+    _check_output(model_file, output_dir, overwrite)
     if keras.backend.backend() != "tensorflow":
         raise InputError(f"exporting a SavedModel needs the TensorFlow backend, not "
                          f"{keras.backend.backend()!r}: run with KERAS_BACKEND=tensorflow")
@@ -106,6 +99,17 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return output_dir
+
+
+def _check_output(model_file: Path, output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise InputError(f"output {output_dir} is a file, not a folder: choose another folder")
+    if output_dir.resolve() in model_file.resolve().parents:
+        raise InputError(f"{model_file} is inside the output folder {output_dir}: exporting there "
+                         "would replace the folder the model lives in; choose another --output")
+    if output_dir.exists() and not overwrite:
+        raise InputError(f"output folder {output_dir} already exists: pass --overwrite "
+                         "(overwrite=True) to replace it, or choose another folder")
 
 
 def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -> None:

@@ -39,17 +39,9 @@ def check_labels(labels: Sequence[int], count: int | None = None, name: str = "l
     return values
 
 
-def _check_triple(labels: Sequence[int]) -> tuple[int, int, int]:
-    labels = tuple(int(v) for v in labels)
-    if len(labels) != 3 or len(set(labels)) != 3 or 0 in labels:
-        raise InputError(f"labels {labels}: region targets need the three BraTS tumour labels "
-                         "(NCR/NET, ED, ET), e.g. (1, 2, 4) or (1, 2, 3) for BraTS 2023")
-    return labels
-
-
 def brats_regions(labels: Sequence[int] = DEFAULT_LABELS) -> dict[str, tuple[int, ...]]:
     """The label values inside each nested region: {"wt": (1, 2, 4), "tc": (1, 4), "et": (4,)}."""
-    ncr, ed, et = _check_triple(labels)
+    ncr, ed, et = check_labels(labels, 3, "region labels")
     return {"wt": (ncr, ed, et), "tc": (ncr, et), "et": (et,)}
 
 
@@ -90,7 +82,7 @@ def regions_to_labels(regions: np.ndarray, labels: Sequence[int] = DEFAULT_LABEL
     ET -> the ET label; TC outside ET -> NCR/NET; WT outside TC -> ED; a voxel is inside a region
     when its probability is >= `threshold`. Inverts `labels_to_regions` exactly on binary maps.
     """
-    ncr, ed, et = _check_triple(labels)
+    ncr, ed, et = check_labels(labels, 3, "region labels")
     if regions.shape[-1] != 3:
         raise InputError(f"region maps need 3 channels (WT, TC, ET); got shape {regions.shape}")
     wt, tc, enhancing = (regions[..., c] >= threshold for c in range(3))

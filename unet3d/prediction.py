@@ -129,14 +129,16 @@ def load_for_prediction(model_file: str | os.PathLike, config: PredictConfig | N
     return (model, *complete_config(model_file, model, config or PredictConfig()))
 
 
-def complete_config(model_file: str | os.PathLike, model: keras.Model, config: PredictConfig
-                    ) -> tuple[ModelCard, PredictConfig]:
-    """(the card of `model_file`, `config` completed from it), checked against `model`.
+def complete_config(model_file: str | os.PathLike, model: keras.Model, config: PredictConfig,
+                    card: ModelCard | None = None) -> tuple[ModelCard, PredictConfig]:
+    """(the card of `model_file` (or `card`), `config` completed from it), checked against
+    `model`.
 
     The window is `config.patch_shape`, else the card's training patch; a model trained on whole
-    volumes (no patch) predicts in one whole-volume pass.
+    volumes (no patch) predicts in one whole-volume pass, a model of a fixed input size in
+    windows of that size.
     """
-    card = model_card(model_file, model, config)
+    card = card or model_card(model_file, model, config)
     channels = model.input_shape[-1]
     if channels is not None and channels != len(card.modalities):
         raise InputError(f"{model_file} takes {channels} input channels but "
@@ -152,9 +154,14 @@ def complete_config(model_file: str | os.PathLike, model: keras.Model, config: P
         raise InputError("--whole_volume and --patch_shape exclude each other: give one")
     window = None if config.whole_volume else (config.patch_shape or card.patch_shape)
     fixed = tuple(model.input_shape[1:4])
-    if None not in fixed and window is not None and tuple(window) != fixed:
-        raise InputError(f"{model_file} takes inputs of {fixed} voxels only, not windows of "
-                         f"{tuple(window)}: leave --patch_shape out")
+    if None not in fixed:
+        window = window or (None if config.whole_volume else fixed)
+        if window is None or tuple(window) != fixed:
+            given = ("--whole_volume" if config.whole_volume else
+                     f"--patch_shape {tuple(window)}" if config.patch_shape else
+                     f"the model card's patch {tuple(window)}")
+            raise InputError(f"{model_file} takes inputs of {fixed} voxels only, so its window "
+                             f"is that size, not {given}")
     config = dataclasses.replace(config, patch_shape=window, whole_volume=window is None)
     check_config(config, max(model_divisors(model)))
     return card, config
@@ -316,7 +323,7 @@ def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConf
             raise InputError(f"{data_file} holds cases in another model space ({store.space}) "
                              f"than the model's ({card.space}): {remedy}")
         indices = load_keys(keys_file, store)
-        labels = tuple(config.labels or store.labels or card.labels)
+        labels = output_labels(card, config, store.labels or card.labels)
         return [_store_case(model, card, config, store, index, labels, Path(output_dir),
                             output_label_map, f"[{count}/{len(indices)}]", progress)
                 for count, index in enumerate(indices, start=1)]

@@ -60,15 +60,21 @@ class PreprocessConfig:
 
 
 def check_preprocess_config(config: PreprocessConfig) -> None:
-    """Stop settings naming modalities this package does not know, saying which."""
+    """Stop impossible settings before any case is read, naming the flag."""
     unknown = sorted(set(config.modalities + config.bias_correction) - set(MODALITIES))
-    if unknown or not set(config.bias_correction) <= set(config.modalities):
-        raise InputError(f"modalities {', '.join(unknown or config.bias_correction)}: the "
-                         f"modalities are {', '.join(MODALITIES)}, and N4 corrects some of "
-                         "those preprocessed")
+    if unknown:
+        raise InputError(f"--modalities / --bias_correction: unknown {', '.join(unknown)}; the "
+                         f"modalities are {', '.join(MODALITIES)}")
+    if not config.modalities or len(set(config.modalities)) != len(config.modalities):
+        raise InputError(f"--modalities {','.join(config.modalities)}: one or more, each once")
+    outside = [m for m in config.bias_correction if m not in config.modalities]
+    if outside:
+        raise InputError(f"--bias_correction {','.join(outside)}: not among --modalities "
+                         f"{','.join(config.modalities)}")
     if config.n4_shrink_factor < 1 or not config.n4_iterations or min(config.n4_iterations) < 1:
-        raise InputError(f"N4 shrink factor {config.n4_shrink_factor}, iterations "
-                         f"{config.n4_iterations}: positive numbers, one or more levels")
+        raise InputError(f"--n4_shrink_factor {config.n4_shrink_factor}, --n4_iterations "
+                         f"{','.join(map(str, config.n4_iterations))}: positive numbers, one or "
+                         "more levels")
 
 
 #: The full-quality N4 run (slower): finer grid, four levels of 50 iterations.

@@ -17,6 +17,7 @@ import keras
 from unet3d.augment import AugmentConfig
 from unet3d.brats import MODALITIES
 from unet3d.config import LOSSES, MODELS, TrainConfig, to_plain
+from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import is_chief, make_strategy, set_precision
 from unet3d.errors import InputError
@@ -47,22 +48,27 @@ def check_config(config: TrainConfig) -> None:
                          "--image_shape, or use --batch_size 1")
     if config.batch_size < 1 or config.n_epochs < 1:
         raise InputError("--batch_size and --n_epochs must be at least 1")
+    if Path(config.model_file).suffix != ".keras":
+        raise InputError(f"--model_file {config.model_file}: models are saved as .keras files "
+                         "(with their model card inside)")
     if config.random_patches and (config.patch_shape is None or not config.steps_per_epoch):
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
     if config.labels is not None:
         check_labels(config.labels, 3 if config.target == "regions" else None, "--labels")
 
 
-def check_divisors(config: TrainConfig) -> None:
-    """Stop when the training samples (the patch, or the whole images of `--image_shape`) are not
-    a size the network takes: multiples of the divisors the network reports (`model_divisors`
-    of a narrow copy of it: they depend on its depth and pooling only)."""
-    sample = config.patch_shape or config.image_shape
+def check_divisors(config: TrainConfig, sample: tuple[int, int, int] | None = None) -> None:
+    """Stop when the training samples (`sample`, by default the patch or the whole images of
+    `--image_shape`) are not a size the network takes: multiples of the divisors the network
+    reports (`model_divisors` of a narrow copy of it: they depend on its depth and pooling
+    only)."""
+    sample = sample or config.patch_shape or config.image_shape
     if sample is None:
         return
     divisors = model_divisors(build_model(dataclasses.replace(config, n_base_filters=1), 1, 3))
     if any(n % d for n, d in zip(sample, divisors)):
-        flag = "--patch_shape" if config.patch_shape else "--image_shape"
+        flag = ("--patch_shape" if config.patch_shape else
+                "--image_shape" if config.image_shape else "the store's image shape")
         divisor = (str(divisors[0]) if len(set(divisors)) == 1
                    else f"{', '.join(map(str, divisors))} (per axis)")
         raise InputError(f"{flag} {','.join(map(str, sample))}: every size must be divisible by "
@@ -206,6 +212,8 @@ def train(config: TrainConfig) -> RunResult:
     config = dataclasses.replace(config, labels=tuple(config.labels or store.labels
                                                       or DEFAULT_LABELS))
     try:
+        if config.patch_shape is None:  # whole images of the store
+            check_divisors(config, store.space.image_shape)
         card = make_card(config, store)
         get_logger().info("training %s: %d replicas, global batch %d, precision %s, %d epochs",
                           config.model_file, replicas, config.batch_size, precision,

@@ -31,8 +31,8 @@ def load_keys(path: str | os.PathLike, store: DataStore | None = None) -> list[i
         with open(path, "rb") as f:
             keys = [int(k) for k in pickle.load(f)]
     except Exception as error:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise InputError(f"{path}: cannot read the split ({error}); delete it or pass "
-                         "overwrite=True to draw a new split") from None
+        raise InputError(f"{path}: cannot read the split ({error}); restore it from a copy, "
+                         "or delete it to let training draw a new split") from None
     bad = [k for k in keys if store is not None and not 0 <= k < store.n_cases]
     if bad:
         raise InputError(f"{path}: case indices {bad[:5]} are not in {store.path} "
@@ -60,13 +60,11 @@ def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
     training_file, validation_file = Path(training_file), Path(validation_file)
     log = get_logger()
     if training_file.exists() and validation_file.exists() and not overwrite:
-        training, validation = load_keys(training_file), load_keys(validation_file)
-        bad = [k for k in training + validation if not 0 <= k < store.n_cases]
-        if bad or set(training) & set(validation):
-            raise InputError(
-                f"{training_file} / {validation_file} do not fit {store.path} ({store.n_cases} "
-                f"cases): {'indices ' + str(bad[:5]) + ' out of range' if bad else 'they overlap'}."
-                " They belong to another store: delete them (or pass overwrite=True) to split again")
+        training, validation = load_keys(training_file, store), load_keys(validation_file, store)
+        if set(training) & set(validation):
+            raise InputError(f"{training_file} / {validation_file} overlap: they belong to "
+                             "different splits; delete them (or pass overwrite=True) to split "
+                             "again")
         log.info("reusing the split in %s (%d training) and %s (%d validation)",
                  training_file, len(training), validation_file, len(validation))
         return training, validation

@@ -21,7 +21,7 @@ from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, model_predictor, predict_with_tta, tta_transforms
 from unet3d.io import geometry_from_affine, to_sitk
-from unet3d.model import load_old_model, read_card
+from unet3d.model import ModelCard, load_old_model, read_card
 from unet3d.postprocessing import get_prediction_labels
 from unet3d.prediction import complete_config, predict_store_cases
 from unet3d.utils.patches import compute_patch_indices, get_patch_from_3d_data, reconstruct_from_patches
@@ -107,15 +107,17 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
                            weighting="constant", labels=tuple(labels),
                            modalities=tuple(training_modalities))
     model = load_old_model(model_file, compile=False)
-    if read_card(model_file) is None:
+    card = None
+    if read_card(model_file) is None:  # the port's: its store's space, windows its input size
         with DataStore(hdf5_file) as store:
             space = store.space
-        fully_convolutional = None in model.input_shape[1:4]
-        config = dataclasses.replace(  # windows: the model's input size, else the whole image
-            config, target="labels", image_shape=space.image_shape,
-            patch_shape=space.image_shape if fully_convolutional else None,
-            whole_volume=fully_convolutional and space.image_shape is None)
-    card, config = complete_config(model_file, model, config)
+        fixed = tuple(model.input_shape[1:4])
+        card = ModelCard(model="external", modalities=tuple(training_modalities),
+                         target="labels", labels=tuple(labels),
+                         patch_shape=fixed if None not in fixed else space.image_shape,
+                         space=space, preprocessing=None, spacing=None, training=None,
+                         unet3d_version="unknown")
+    card, config = complete_config(model_file, model, config, card)
     if not config.whole_volume:
         window = min(config.patch_shape)
         if not 0 <= overlap < window:

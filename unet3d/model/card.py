@@ -11,11 +11,13 @@ it was trained.
 Storage: `save_model(model, path, card)` (`unet3d.model.saving`) writes the `.keras` file with the
 card as one more member of its zip archive, `unet3d_card.json` (Keras ignores it), and the same
 JSON beside the file, `<path>.json`, for people to read. `read_card(path)` reads the card inside
-the file; for a model without one it reads `<path>.json`, including the training settings that
-unet3d 0.1 wrote there (converted; they did not record the N4 settings or the voxel spacing).
+the file. For a file without one, `<path>.json` is read only if it holds the training settings
+unet3d 0.1 wrote there (converted; they did not record the N4 settings or the voxel spacing); a
+card copy there belongs to a file that was replaced since, and is refused.
 
 Schema versions: 1 (unet3d 0.2). A card of a newer schema is refused with what to do; a card
-that misses a field or has an unknown one is refused naming the file, never filled with a default.
+that misses a field, has an unknown one, or a value of the wrong type or out of range is refused
+naming the file, never filled with a default.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import unet3d
-from unet3d.config import from_plain, to_plain
+from unet3d.brats import MODALITIES
+from unet3d.config import TARGETS, from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.io import atomic_write
-from unet3d.labels import output_names
+from unet3d.labels import check_labels, output_names
 from unet3d.model_space import ModelSpace
 from unet3d.preprocessing import PreprocessConfig
 
@@ -100,15 +103,41 @@ def card_path(model_file: str | os.PathLike) -> Path:
 
 
 def card_from_dict(data: Any, source: str) -> ModelCard:
-    """The card of parsed card JSON `data`; `source` names the file in errors."""
+    """The card of parsed card JSON `data`, checked; `source` names the file in errors."""
     if not isinstance(data, dict) or "schema_version" not in data:
         raise InputError(f"{source}: not a model card (no schema_version)")
     version = data["schema_version"]
-    if type(version) is not int or version > SCHEMA_VERSION:
-        raise InputError(f"{source}: a model card of schema {version!r}, written by unet3d "
+    if type(version) is not int or version < 1:
+        raise InputError(f"{source}: schema_version {version!r} is not a schema number: the "
+                         "card was edited; restore it from a copy of the model")
+    if version > SCHEMA_VERSION:
+        raise InputError(f"{source}: a model card of schema {version}, written by unet3d "
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
-    return from_plain(ModelCard, data, source)
+    card = from_plain(ModelCard, data, source)
+    check_card(card, source)
+    return card
+
+
+def check_card(card: ModelCard, source: str) -> None:
+    """Raise `InputError` naming `source` for values no trained model can have."""
+    problems = []
+    if card.target not in TARGETS:
+        problems.append(f"target {card.target!r} is not one of {', '.join(TARGETS)}")
+    unknown = sorted(set(card.modalities) - set(MODALITIES))
+    if not card.modalities or unknown or len(set(card.modalities)) != len(card.modalities):
+        problems.append(f"modalities {list(card.modalities)} are not distinct modalities of "
+                        f"{', '.join(MODALITIES)}")
+    for name in ("patch_shape", "spacing"):
+        value = getattr(card, name)
+        if value is not None and (len(value) != 3 or min(value) <= 0):
+            problems.append(f"{name} {list(value)} is not three positive sizes")
+    try:
+        check_labels(card.labels, 3 if card.target == "regions" else None)
+    except InputError as error:
+        problems.append(str(error))
+    if problems:
+        raise InputError(f"{source}: not a valid model card: {'; '.join(problems)}")
 
 
 def _card_from_training_settings(settings: dict, source: str) -> ModelCard:

@@ -93,12 +93,7 @@ def build_isensee2017(
         raise InputError(
             f"n_segmentation_levels={n_segmentation_levels} must be between 1 and depth - 1 = {depth - 1}"
         )
-    defaults = LEGACY_PORT if legacy else PAPER
-    block = {
-        "normalization": "instance",
-        "negative_slope": defaults["negative_slope"] if negative_slope is None else negative_slope,
-        "norm_epsilon": defaults["norm_epsilon"] if norm_epsilon is None else norm_epsilon,
-    }
+    block = block_settings(legacy, negative_slope, norm_epsilon)
     divisors = size_divisors(2, depth - 1, len(input_shape) - 1)
     check_input_shape(input_shape, divisors)
 
@@ -107,15 +102,24 @@ def build_isensee2017(
                      **block)
     heads = decoder(levels, n_base_filters, n_segmentation_levels, n_labels, **block)
     if deep_supervision:
-        outputs = {}
-        for level in sorted(heads):
-            name = level_output_name(level)
-            outputs[name] = output_activation(heads[level], activation_name, name)
+        outputs = {level_output_name(level): output_activation(
+            heads[level], activation_name, level_output_name(level)) for level in sorted(heads)}
         return keras.Model(inputs, outputs, name="isensee2017_deep_supervision")
     output = heads[n_segmentation_levels - 1]
     for level in range(n_segmentation_levels - 2, -1, -1):
         output = keras.layers.Add()([upsample(output, 2), heads[level]])
     return keras.Model(inputs, output_activation(output, activation_name), name="isensee2017")
+
+
+def block_settings(legacy: bool = False, negative_slope: float | None = None,
+                   norm_epsilon: float | None = None) -> dict:
+    """The conv blocks' settings: instance normalisation, the paper's (or with `legacy` the
+    port's) leaky ReLU slope and epsilon, unless given."""
+    defaults = LEGACY_PORT if legacy else PAPER
+    return {"normalization": "instance",
+            "negative_slope": defaults["negative_slope"] if negative_slope is None
+            else negative_slope,
+            "norm_epsilon": defaults["norm_epsilon"] if norm_epsilon is None else norm_epsilon}
 
 
 def encoder(x, depth: int, n_base_filters: int, dropout_rate: float, **block) -> list:
