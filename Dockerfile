@@ -3,27 +3,27 @@
 #   docker build -t unet3d .
 #
 # No data are baked in: mount the host's data folder (here /data) at /data and work there (-w).
-# The training scripts write their split files (training_ids.pkl, validation_ids.pkl) into the
-# working directory and the model, checkpoints and logs under names relative to it, so all of it
-# stays in /data and a rerun of the same command resumes. --user makes the files written under
-# /data yours (the image's own user is the unprivileged uid 10001).
+# The training scripts write each run (model, checkpoint, logs, split) into its folder under
+# runs/ of the working directory, so all of it stays in /data and a rerun of the same command
+# resumes. --user makes the files written under /data yours (the image's own user is the
+# unprivileged uid 10001).
 #
 #   docker run --rm -v /data:/data -w /data --user "$(id -u):$(id -g)" unet3d \
 #       python /workspace/brats/preprocess.py --brats_dir MICCAI_BraTS2020_TrainingData \
 #       --out_dir preprocessed --data_file brats_data.h5 --workers 8
-#   docker run --rm --gpus all -v /data:/data -w /data --user "$(id -u):$(id -g)" unet3d \
-#       python /workspace/brats/train_isensee2017.py --data_file brats_data.h5
+#   docker run --rm --gpus all --shm-size 8g -v /data:/data -w /data --user "$(id -u):$(id -g)" \
+#       unet3d python /workspace/brats/train_isensee2017.py --data_file brats_data.h5
 #   docker run --rm --gpus all -v /data:/data -w /data --user "$(id -u):$(id -g)" unet3d \
 #       python /workspace/brats/predict.py --help
 #   docker run --rm --gpus all -v /data:/data -w /data --user "$(id -u):$(id -g)" unet3d \
 #       python /workspace/brats/evaluate.py --help
 #   docker run --rm -v /data:/data -w /data --user "$(id -u):$(id -g)" unet3d \
-#       python /workspace/brats/export.py --model_file isensee2017_model.keras --output exported
+#       python /workspace/brats/export.py --model_file runs/paper/model.keras --output exported
 #
 # From the image's own working directory the scripts also run as `python brats/<script>.py`;
 # `docker run --rm --gpus all unet3d` prints the versions and the GPUs TensorFlow sees. Several
-# GPUs are used by the training scripts' mirrored strategy; add --shm-size 8g when --workers
-# makes batches in worker processes.
+# GPUs are used by the training scripts' mirrored strategy; --shm-size 8g gives the --workers
+# processes room to hand their batches over.
 
 # The TensorFlow of the base image. It must satisfy setup.py's "tensorflow" requirement
 # (tests/test_docker.py checks it); pip is held to it below, so installing the package never

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import resource
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -60,10 +59,7 @@ def child(args: dict) -> dict:
     """One measurement in this (fresh) process; returns seconds per timed epoch and memory."""
     setup_logging()
     config = preset(
-        "paper", data_file=args["data_file"], model_file=str(Path(args["out"]) / "m.keras"),
-        training_log=str(Path(args["out"]) / "training.log"),
-        training_keys_file=str(Path(args["out"]) / "train.pkl"),
-        validation_keys_file=str(Path(args["out"]) / "valid.pkl"), data_split=1.0,
+        "paper", data_file=args["data_file"], run_dir=args["out"], data_split=1.0,
         patch_shape=(args["patch"],) * 3, batch_size=args["batch_size"],
         steps_per_epoch=args["steps"], n_epochs=args["epochs"], precision=args["precision"],
         strategy="mirrored" if args["replicas"] > 1 else "one_device",
@@ -71,7 +67,9 @@ def child(args: dict) -> dict:
     strategy = distribution.make_strategy(config.strategy, config.cpu_replicas)
     distribution.set_precision(config.precision)
     store = recipes.ensure_store(config)
-    train_data, _ = recipes.make_datasets(config, store, config.batch_size, config.batch_size)
+    training = list(range(len(store)))
+    train_data, _ = recipes.make_datasets(config, store, training, [], config.batch_size,
+                                          config.batch_size)
     if args["mode"] == "model only":
         batch = train_data[0]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from absl import flags
 
 from unet3d import cli
-from unet3d.demo import DemoConfig, run_demo
+from unet3d.config import DemoConfig
 from unet3d.errors import InputError
 from unet3d.logs import setup_logging
 
@@ -27,6 +27,8 @@ flags.adopt_module_key_flags(cli)  # --helpshort lists them
 
 def main(argv) -> int:
     del argv
+    from unet3d.demo import run_demo  # imports TensorFlow: after cli.run hid its log
+
     logger = setup_logging(Path(FLAGS.work_dir) / "demo.log")
     try:
         run_demo(cli.config_from_flags(DemoConfig, DemoConfig()))

@@ -15,7 +15,6 @@ from absl import flags
 from unet3d import cli
 
 from unet3d.errors import InputError
-from unet3d.export import export_model
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
@@ -33,6 +32,8 @@ flags.mark_flags_as_required(["model_file", "output"])
 
 def main(argv):
     del argv
+    from unet3d.export import export_model  # imports TensorFlow: after cli.run hid its log
+
     logger = setup_logging()
     try:
         output = export_model(FLAGS.model_file, FLAGS.output, channel_names=FLAGS.channel_names,

@@ -24,7 +24,6 @@ from unet3d import cli
 from unet3d.config import PredictConfig
 from unet3d.errors import InputError
 from unet3d.logs import setup_logging
-from unet3d.prediction import load_for_prediction, predict_cases, predict_store_cases
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_file", None, "The trained model (.keras, with its model card).")
@@ -46,6 +45,8 @@ flags.mark_flags_as_required(["model_file", "output_dir"])
 def validation(config: PredictConfig, output_dir: Path) -> None:
     """The port's validation run on the store and split of --data_file / --validation_keys_file,
     by default those the model card records."""
+    from unet3d.prediction import load_for_prediction, predict_store_cases
+
     model, card, config = load_for_prediction(FLAGS.model_file, config)
     recorded = card.training
     data_file = FLAGS.data_file or (recorded.data_file if recorded else None)
@@ -70,6 +71,8 @@ def main(argv) -> int:
             return 0
         if not FLAGS.input_dir:
             raise InputError("give --input_dir (cases to predict) or --validation")
+        from unet3d.prediction import predict_cases  # TensorFlow: after cli.run hid its log
+
         report = predict_cases(FLAGS.model_file, FLAGS.input_dir, output_dir, config,
                                overwrite=FLAGS.overwrite)
     except InputError as error:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_SHAPE
+from helpers import SMALL_SHAPE, paper_run
 from unet3d.brats import MODALITIES, find_cases
 from unet3d.data import write_data_to_file
 from unet3d.synthetic import make_synthetic_brats
@@ -33,4 +33,23 @@ def store_path(cases, tmp_path_factory) -> Path:
     write_data_to_file([c.files() for c in cases], path, subject_ids=[c.name for c in cases],
                        modalities=MODALITIES)
     return path
+
+
+@pytest.fixture(scope="session")
+def trained(store_path, tmp_path_factory):
+    """A tiny model trained by the paper recipe with 32^3 patches, 3 short epochs, 2 of the 4
+    cases validated whole after each; returns its (resolved) `TrainConfig`."""
+    import keras
+
+    from unet3d.recipes import train
+    from unet3d.runs import with_run_files
+
+    config = paper_run(tmp_path_factory.mktemp("trained"), store_path, patch_shape=(32, 32, 32),
+                       batch_size=2, steps_per_epoch=3, n_epochs=3, n_base_filters=4,
+                       data_split=0.5, initial_learning_rate=5e-3)
+    try:
+        train(config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return with_run_files(config)
 

@@ -84,12 +84,12 @@ def split_files(folder: Path, name: str = "a") -> tuple[Path, Path]:
 
 
 def paper_run(folder: Path, store_path: Path, **settings) -> TrainConfig:
-    """The paper recipe training on a copy of the store at `store_path`, every file in `folder`,
-    float32, batches made in the training process; `settings` replace the recipe's values."""
+    """The paper recipe training on a copy of the store at `store_path`, the run in `folder`
+    (model m.keras, CSV log log.csv), float32, batches made in the training process; `settings`
+    replace the recipe's values."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(store_path, folder / "data.h5")
-    files = dict(data_file=folder / "data.h5", model_file=folder / "m.keras",
-                 training_log=folder / "log.csv", training_keys_file=folder / "training_ids.pkl",
-                 validation_keys_file=folder / "validation_ids.pkl")
+    files = dict(data_file=folder / "data.h5", run_dir=folder, model_file=folder / "m.keras",
+                 training_log=folder / "log.csv")
     return preset("paper", **{name: str(path) for name, path in files.items()},
                   **{"precision": "float32", "workers": 0, "verbose": 0, **settings})

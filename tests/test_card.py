@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import card_of, channel_model, paper_run, run_script, write_model
+from helpers import card_of, channel_model, run_script, write_model
 from unet3d.brats import MODALITIES, find_cases
 from unet3d.config import PredictConfig, preset, to_plain
 from unet3d.errors import InputError
@@ -20,20 +20,6 @@ from unet3d.model.card import CARD_MEMBER, SCHEMA_VERSION, card_path
 from unet3d.model_space import ModelSpace
 from unet3d.prediction import load_for_prediction, predict_cases
 from unet3d.preprocessing import PreprocessConfig
-
-
-@pytest.fixture(scope="module")
-def trained(store_path, tmp_path_factory):
-    """A model trained (one short epoch) with 32^3 patches by the paper recipe."""
-    from unet3d.recipes import train
-
-    config = paper_run(tmp_path_factory.mktemp("trained"), store_path, patch_shape=(32, 32, 32),
-                       batch_size=2, steps_per_epoch=2, n_epochs=1, n_base_filters=2)
-    try:
-        train(config)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-    return config
 
 
 def outputs(folder):
@@ -95,7 +81,8 @@ def test_the_exported_copy_carries_the_card(trained, synthetic_brats, tmp_path):
     channel_model().save(old)
     card_path(old).write_text(json.dumps({
         **to_plain(preset("paper", patch_shape=(16, 16, 16), labels=(1, 2, 4))),
-        "modalities": list(MODALITIES)}))
+        "modalities": list(MODALITIES), "model_file": "old.keras",
+        "training_keys_file": "training_ids.pkl", "validation_keys_file": "validation_ids.pkl"}))
     exported_old = export_model(old, tmp_path / "exported_old")
     assert read_card(exported_old / "old.keras") == read_card(old)
     assert not card_path(exported_old / "old.keras").exists()  # inside the copy itself
@@ -213,7 +200,9 @@ def test_models_of_unet3d_0_1_still_load(tmp_path):
     path = tmp_path / "old.keras"
     channel_model().save(path)
     settings = {**to_plain(preset("legacy", patch_shape=None, image_shape=(32, 32, 32))),
-                "modalities": list(MODALITIES), "labels": [1, 2, 4]}
+                "modalities": list(MODALITIES), "labels": [1, 2, 4],
+                "training_keys_file": "isensee_training_ids.pkl",
+                "validation_keys_file": "isensee_validation_ids.pkl"}
     card_path(path).write_text(json.dumps(settings))
     card = read_card(path)
     assert card.patch_shape == (32, 32, 32)  # whole resampled images: the window

@@ -9,8 +9,7 @@ from absl import flags
 
 from helpers import run_script
 from unet3d import cli
-from unet3d.config import PRESETS, PredictConfig, TrainConfig, preset
-from unet3d.demo import DemoConfig
+from unet3d.config import PRESETS, DemoConfig, PredictConfig, TrainConfig, preset
 
 
 def flag_help(script: str, *args: str) -> dict[str, str]:
@@ -45,8 +44,9 @@ def test_helpshort_shows_the_chosen_presets_values():
     legacy = flag_help("train_isensee2017.py", "--preset", "legacy")
     expected = {"patch_shape": "none", "image_shape": "128,128,128", "n_epochs": "500",
                 "batch_size": "1", "lr_schedule": "plateau", "loss": "weighted_dice",
-                "target": "labels", "model_file": "isensee_2017_model.keras",
-                "steps_per_epoch": "none", "permute": "true", "augment": "false"}
+                "target": "labels", "run_dir": "runs/legacy", "data_file": "brats_data_128.h5",
+                "validation": "patches", "steps_per_epoch": "none", "permute": "true",
+                "augment": "false"}
     assert {name: shown_default(legacy[name]) for name in expected} == expected
     paper = flag_help("train_isensee2017.py", "--preset=paper")
     assert shown_default(paper["patch_shape"]) == "128,128,128"

@@ -33,9 +33,8 @@ def test_the_legacy_preset_is_the_ports_brats_script():
                     validation_batch_size=2, initial_learning_rate=5e-4, data_split=0.8,
                     permute=True, training_patch_start_offset=(16, 16, 16), skip_blank=True,
                     n_epochs=500, lr_schedule="plateau", learning_rate_drop=0.5,
-                    learning_rate_patience=10, early_stopping_patience=50,
-                    training_keys_file="isensee_training_ids.pkl",
-                    validation_keys_file="isensee_validation_ids.pkl", legacy_model=True)
+                    learning_rate_patience=10, early_stopping_patience=50, legacy_model=True,
+                    validation="patches")
     assert {name: getattr(legacy, name) for name in expected} == expected
 
 

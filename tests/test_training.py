@@ -31,7 +31,8 @@ from unet3d.training import (EpochSync, NaNGuard, RunCheckpoint, exponential_dec
                              get_callbacks, load_old_model, make_schedule, poly_decay,
                              run_training, scaled_learning_rate, step_decay, train_model)
 
-ENV = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+ENV = dict({k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+           PYTHONPATH=str(REPO))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -267,6 +268,40 @@ def test_nan_stop_keeps_the_last_good_checkpoint(tmp_path):
 
 # --------------------------------------------------------------------------- resumable loop
 
+def test_the_checkpoint_keeps_the_highest_score_when_higher_is_better(tmp_path):
+    """With mode "max" (the whole-case Dice) the best model is the epoch of the highest value,
+    not of the lowest (as for a loss)."""
+    model = tiny_model()
+    checkpoint = RunCheckpoint(tmp_path / "m.keras.run", tmp_path / "m.keras", tmp_path / "l.csv",
+                               monitor="val_dice_mean", mode="max")
+    checkpoint.set_model(model)
+    for epoch, value in enumerate([0.2, 0.5, 0.4]):
+        model.layers[-1].kernel.assign(np.full((3, 1), float(epoch), np.float32))
+        checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_dice_mean": value})
+    assert checkpoint.state["best"] == 0.5
+    assert load_old_model(tmp_path / "m.keras", compile=False).get_weights()[0].ravel().tolist() \
+        == [1, 1, 1]
+    assert load_old_model(tmp_path / "m.keras.run" / "last.keras",
+                          compile=False).get_weights()[0][0, 0] == 2
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    """The last update of an epoch can make weights NaN while the epoch's loss is finite: the
+    run stops as on a NaN loss and keeps the checkpoint before (regression: a NaN checkpoint
+    was saved and every resume failed at its first batch)."""
+    model = tiny_model()
+    checkpoint = RunCheckpoint(tmp_path / "m.keras.run", tmp_path / "m.keras", tmp_path / "l.csv")
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 1.0})
+    model.layers[-1].kernel.assign(np.full((3, 1), np.nan, np.float32))
+    checkpoint.on_epoch_end(1, {"loss": 0.5})
+    assert model.stop_training and "weights became NaN or infinite in epoch 2" in \
+        checkpoint.message
+    assert checkpoint.state["epochs_done"] == 1
+    assert np.isfinite(load_old_model(tmp_path / "m.keras.run" / "last.keras",
+                                         compile=False).get_weights()[0]).all()
+
+
 def test_epoch_sync_draws_each_epoch_from_its_number():
     data = RecordingDataset(n_batches=3)
     seen = {}
@@ -399,7 +434,7 @@ def test_two_cpu_replicas_train_like_one_device(tmp_path):
 
 # --------------------------------------------------------------------------- 4, 5. kill + resume
 
-TRAIN_ARGS = ["--model_file", "m.keras", "--training_log", "training.log",
+TRAIN_ARGS = ["--run_dir", ".", "--model_file", "m.keras", "--training_log", "training.log",
               "--patch_shape", "32,32,32", "--batch_size", "2", "--steps_per_epoch", "4",
               "--n_epochs", "4", "--n_base_filters", "4", "--workers", "0",
               "--precision", "float32", "--seed", "1"]
@@ -489,11 +524,18 @@ def test_sigkilled_run_resumes_to_a_complete_log(runs):
     for row in rows:
         expected = 5e-4 * 0.985 ** int(row["epoch"])
         assert float(row["learning_rate"]) == pytest.approx(expected, rel=1e-6)  # float32
-        assert math.isfinite(float(row["loss"])) and math.isfinite(float(row["val_loss"]))
+        assert math.isfinite(float(row["loss"])) and 0 <= float(row["val_dice_mean"]) <= 1
     state = json.loads((killed / "m.keras.run" / "state.json").read_text())
-    assert state["epochs_done"] == 4
+    assert state["epochs_done"] == 4 and state["monitor"] == "val_dice_mean"
     assert [row["epoch"] for row in state["history"]] == [0, 1, 2, 3]
-    assert state["best"] == pytest.approx(min(float(r["val_loss"]) for r in rows), rel=1e-6)
+    assert state["best"] == pytest.approx(max(float(r["val_dice_mean"]) for r in rows))
+    # quiet logs: no TensorFlow start-up noise, no progress bars in redirected output, a line
+    # per epoch in the run's log
+    for output in (second.stdout, second.stderr, (killed / "run.log").read_text()):
+        assert "\r" not in output and "cuInit" not in output and "oneDNN" not in output
+    assert "epoch 4/4: loss" in (killed / "run.log").read_text()
+    # the validation cases predicted with the best model and scored at the end
+    assert (killed / "validation" / "scores.csv").is_file()
     model = load_old_model(killed / "m.keras")
     assert model.output_shape[-1] == 3  # WT, TC, ET
     # the split of the first run was kept (keys files in the working directory)
@@ -546,8 +588,9 @@ def test_resumed_run_keeps_the_optimizer_state(runs):
 # --------------------------------------------------------------------------- 6. bad settings
 
 def nothing_written(folder: Path, present=("data.h5",)) -> bool:
-    """Only the files put there before, and the log."""
-    return sorted(p.name for p in folder.iterdir() if p.suffix != ".log") == sorted(present)
+    """Only the files put there before, and logs."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and p.suffix != ".log") == sorted(present)
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -636,8 +679,9 @@ def test_two_workers_with_tf_config_train_an_epoch_and_only_the_chief_writes(sto
         env = dict(os.environ, PYTHONPATH=str(REPO), TF_CONFIG=json.dumps(tf_config))
         processes.append(subprocess.Popen(
             [sys.executable, str(REPO / "brats" / "train_isensee2017.py"), "--data_file",
-             str(data_file), "--model_file", "m.keras", "--training_log", "training.log",
-             "--patch_shape", "32,32,32", "--batch_size", "4", "--steps_per_epoch", "2",
+             str(data_file), "--run_dir", ".", "--model_file", "m.keras", "--training_log",
+             "training.log", "--patch_shape", "32,32,32", "--batch_size", "4",
+             "--steps_per_epoch", "2",
              "--n_epochs", "1", "--n_base_filters", "4", "--workers", "0",
              "--precision", "float32", "--seed", "3"],
             cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
@@ -649,6 +693,8 @@ def test_two_workers_with_tf_config_train_an_epoch_and_only_the_chief_writes(sto
     assert [row["epoch"] for row in read_log(chief / "training.log")] == ["0"]
     assert (chief / "m.keras").exists() and (chief / "training_ids.pkl").exists()
     assert json.loads((chief / "m.keras.run" / "state.json").read_text())["epochs_done"] == 1
+    assert "val Dice WT" in outputs[0]  # both workers validated whole cases, each on its own
+    assert (chief / "validation" / "scores.csv").exists()
     assert sorted(p.name for p in worker.iterdir()) == []
 
 
@@ -666,16 +712,16 @@ def store_32(cases, tmp_path_factory):
 @pytest.mark.slow
 def test_legacy_preset_runs_one_epoch(store_32, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--preset", "legacy", "--data_file", str(store_32), "--model_file", "m.keras",
-              "--training_log", "training.log", "--n_epochs", "1", "--n_base_filters", "4",
-              "--workers", "0", "--precision", "float32"]
-    # whole images: the legacy recipe is for 128^3 stores and there is no --image_shape flag
+    common = ["--preset", "legacy", "--data_file", str(store_32), "--n_epochs", "1",
+              "--n_base_filters", "4", "--workers", "0", "--precision", "float32"]
+    # whole images: the legacy recipe is for 128^3 stores
     refused = run_script("train_isensee2017.py", *common)
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "(32, 32, 32)" in refused.stderr and "--patch_shape" in refused.stderr
     result = run_script("train_isensee2017.py", *common, "--patch_shape", "32,32,32")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = read_log(tmp_path / "training.log")
+    run = tmp_path / "runs" / "legacy"  # the legacy recipe's own run folder
+    rows = read_log(run / "training.log")
     assert [row["epoch"] for row in rows] == ["0"]
     for name in ("dice_coefficient", "label_0_dice_coef", "label_1_dice_coef",
                  "label_2_dice_coef", "val_dice_coefficient", "val_loss"):
@@ -683,9 +729,9 @@ def test_legacy_preset_runs_one_epoch(store_32, tmp_path, monkeypatch):
     assert "dice_wt" not in rows[0]
     # the weighted Dice loss is minus a Dice: in [-1, 0]
     assert -1 <= float(rows[0]["loss"]) <= 0
-    assert (tmp_path / "isensee_training_ids.pkl").exists()
-    assert (tmp_path / "isensee_validation_ids.pkl").exists()
-    assert not (tmp_path / "training_ids.pkl").exists()
+    assert (run / "training_ids.pkl").exists() and (run / "validation_ids.pkl").exists()
+    assert (run / "model.keras").exists() and (run / "validation" / "scores.csv").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
     assert float(rows[0]["learning_rate"]) == pytest.approx(5e-4, rel=1e-6)
 
 

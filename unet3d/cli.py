@@ -10,11 +10,15 @@ typed twice: a default lives in its dataclass only (`unet3d.config`).
 
 `run(main)` runs a script like `absl.app.run`, with the project's exit statuses: 0 all good, 1 some
 case failed, 2 bad usage (a bad flag value or argument included); `--help` exits 0.
+
+`run` hides TensorFlow's own C++ log (start-up, CUDA and per-epoch dataset messages;
+`unet3d.logs.hide_native_log`) unless `--tensorflow_log` is given.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sys
 import types
 import typing
@@ -25,9 +29,11 @@ from absl import app, flags
 
 from unet3d.config import TrainConfig, preset
 from unet3d.errors import InputError
-from unet3d.logs import setup_logging
+from unet3d.logs import hide_native_log, setup_logging
 
 FLAGS = flags.FLAGS
+flags.DEFINE_boolean("tensorflow_log", False, "Show TensorFlow's own log (its start-up, CUDA and "
+                     "dataset messages), hidden by default.")
 #: absl's help flags (given as --name or -name); absl ends them with exit status 1.
 HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 #: What each training recipe is, for the --preset help.
@@ -188,7 +194,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], int]) -> None:
-    """Run a script's `main(argv) -> exit status` with absl, exiting 2 on a bad flag."""
+    """Run a script's `main(argv) -> exit status` with absl, exiting 2 on a bad flag. Unless
+    `--tensorflow_log` is given, TensorFlow's C++ log is hidden from here on (the scripts import
+    TensorFlow inside `main`, so its start-up messages are hidden too)."""
+    if not any(argument.lstrip("-") == "tensorflow_log" for argument in sys.argv[1:]):
+        hide_native_log()
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     app.run(main, flags_parser=_parse_flags)
 
 
@@ -219,16 +230,17 @@ def training_config_from_flags() -> TrainConfig:
 
 def train_main(argv) -> int:
     """Body of the training scripts: exit 0 when done, 1 if stopped by a NaN loss, 2 on bad
-    input (a message, no traceback). Logs to <model_file>.log besides the console."""
+    input (a message, no traceback). Logs to <run_dir>/run.log besides the console."""
     del argv
     from unet3d.distribution import is_chief
     from unet3d.recipes import train
+    from unet3d.runs import RUN_LOG, with_run_files
 
     logger = setup_logging()
     try:
-        config = training_config_from_flags()
+        config = with_run_files(training_config_from_flags())
         if is_chief():
-            logger = setup_logging(Path(config.model_file).with_suffix(".log"))
+            logger = setup_logging(Path(config.run_dir) / RUN_LOG)
         result = train(config)
     except InputError as error:
         logger.error(f"error: {error}")
@@ -236,6 +248,6 @@ def train_main(argv) -> int:
     if result.stopped_by_nan:
         return 1
     logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file} (its model "
-                f"card inside); log: {config.training_log}")
+                f"card inside); run folder: {config.run_dir}")
     return 0
 

@@ -31,10 +31,12 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 WEIGHTINGS = ("gaussian", "constant")
 TTA_MODES = ("none", "mirror", "permute")
+VALIDATIONS = ("cases", "patches")
 
 
 def option(default: Any, help: str, choices: Sequence[str] | None = None,
-           none: str | None = None, aliases: dict[str, Any] | None = None):
+           none: str | None = None, aliases: dict[str, Any] | None = None,
+           resumable: bool = False):
     """A dataclass field with its command-line description.
 
     Args:
@@ -43,9 +45,11 @@ def option(default: Any, help: str, choices: Sequence[str] | None = None,
         choices: the values allowed, for settings that are names.
         none: what None means, for settings that may be None (shown as the default).
         aliases: names a user may give instead of a value (e.g. "brats2023" for (1, 2, 3)).
+        resumable: (training) the setting may change when a run resumes: it says how or where
+            the run goes, not what it trains.
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "none": none,
-                "aliases": aliases}
+                "aliases": aliases, "resumable": resumable}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -54,18 +58,28 @@ class TrainConfig:
     """One training run; the defaults are the paper recipe (`preset("paper")`)."""
 
     data_file: str = option("brats_data.h5", "HDF5 data store (built from --preprocessed_dir "
-                            "when it does not exist).")
+                            "when it does not exist).", resumable=True)
     preprocessed_dir: str | None = option(None, "Folder written by brats/preprocess.py, used to "
                                           "build --data_file when it does not exist.",
-                                          none="--data_file must exist")
-    model_file: str = option("isensee2017_model.keras", "The best model (.keras, carrying its "
-                             "model card); the run's checkpoints go to <model_file>.run/. "
-                             "Rerunning the same command resumes.")
-    training_log: str = option("training.log", "CSV log, one row per epoch.")
-    training_keys_file: str = option("training_ids.pkl", "The saved split, training case "
-                                     "indices: written on the first run, reused after.")
-    validation_keys_file: str = option("validation_ids.pkl", "The saved split, validation case "
-                                       "indices.")
+                                          none="--data_file must exist", resumable=True)
+    run_dir: str = option("runs/paper", "Folder of the run: its model (with the model card), logs, "
+                          "split, checkpoint and final validation. Rerunning the same command "
+                          "resumes the run; other settings are refused (see --overwrite).",
+                          resumable=True)
+    overwrite: bool = option(False, "Start the run in --run_dir over (its model, logs, split and "
+                             "checkpoint are replaced) instead of refusing settings that differ "
+                             "from the run's.", resumable=True)
+    model_file: str | None = option(None, "The best model (.keras, carrying its model card); the "
+                                    "checkpoint goes to <model_file>.run/.",
+                                    none="<run_dir>/model.keras", resumable=True)
+    training_log: str | None = option(None, "CSV log, one row per epoch.",
+                                      none="<run_dir>/training.log", resumable=True)
+    training_keys_file: str | None = option(None, "The saved split, training case indices: "
+                                            "drawn on the first run, reused after.",
+                                            none="<run_dir>/training_ids.pkl", resumable=True)
+    validation_keys_file: str | None = option(None, "The saved split, validation case indices.",
+                                              none="<run_dir>/validation_ids.pkl",
+                                              resumable=True)
     model: str = option("isensee2017", "Network: the Isensee 2017 U-Net, or the port's plain "
                         "3D U-Net.", choices=MODELS)
     legacy_model: bool = option(False, "Isensee network with the port's leaky ReLU slope 0.3 and "
@@ -82,11 +96,21 @@ class TrainConfig:
     random_patches: bool = option(True, "Random patches, a third centred on tumour (the paper); "
                                   "--norandom_patches: the port's patch grid.")
     batch_size: int = option(2, "Global batch, split over the replicas.")
-    validation_batch_size: int | None = option(None, "Global validation batch.",
+    validation: str = option("cases", "Validation: cases (predict the validation cases whole with "
+                             "sliding windows and score Dice per region as brats/evaluate.py "
+                             "does; the best model has the best mean Dice) or patches (the loss "
+                             "over a grid of patches, the port's; the best model has the lowest "
+                             "val_loss).", choices=VALIDATIONS)
+    validation_every: int = option(1, "Epochs between validations (the last epoch is always "
+                                   "validated).", resumable=True)
+    validation_cases: int = option(10, "Cases validated (--validation cases): the first ones of "
+                                   "the validation split, all when it has fewer.")
+    validation_batch_size: int | None = option(None, "Global batch of the patch validation.",
                                                none="--batch_size")
     steps_per_epoch: int | None = option(100, "Batches per epoch.",
                                          none="one pass over the patch grid (the port)")
-    n_epochs: int = option(300, "Epochs of the run.")
+    n_epochs: int = option(300, "Epochs of the run (raise it to extend a finished run).",
+                           resumable=True)
     initial_learning_rate: float = option(5e-4, "Adam's learning rate at the first epoch.")
     lr_schedule: str = option("exponential", "Learning-rate schedule: exponential (x 0.985 per "
                               "epoch, the paper), step, plateau (the port), poly or constant.",
@@ -118,34 +142,35 @@ class TrainConfig:
     data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
                                "drawn (1.0: no validation).")
     precision: str = option("auto", "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with "
-                            "bfloat16 units, else float32.", choices=PRECISIONS)
+                            "bfloat16 units, else float32.", choices=PRECISIONS, resumable=True)
     strategy: str = option("auto", "auto: multi_worker when TF_CONFIG is set, mirrored with "
                            "several GPUs (or --cpu_replicas > 1), else one_device.",
-                           choices=STRATEGIES)
+                           choices=STRATEGIES, resumable=True)
     cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices, "
-                               "one replica each (tests, benchmarks).")
-    workers: int = option(2, "Processes making batches (0: in the training process).")
+                               "one replica each (tests, benchmarks).", resumable=True)
+    workers: int = option(2, "Processes making batches (0: in the training process).",
+                          resumable=True)
     seed: int = option(0, "Seed of the split, the patches, the augmentation and the initial "
                        "weights.")
-    verbose: int | str = option("auto", "Keras progress: auto, 0 (silent), 1 (a bar) or 2 (a "
-                                "line per epoch).")
+    verbose: int | str = option("auto", "Keras progress: auto (a bar on a terminal, else none: "
+                                "the run's line per epoch says it), 0 (none), 1 (a bar) or 2 "
+                                "(Keras' line per epoch).", resumable=True)
 
 
 #: What each recipe changes in `TrainConfig`'s defaults (the paper recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
     # The legacy port's brats/train_isensee2017.py config: whole 128^3 resampled images.
-    "legacy": dict(model_file="isensee_2017_model.keras",
-                   training_keys_file="isensee_training_ids.pkl",
-                   validation_keys_file="isensee_validation_ids.pkl", legacy_model=True,
+    "legacy": dict(run_dir="runs/legacy", data_file="brats_data_128.h5", validation="patches",
+                   legacy_model=True,
                    image_shape=(128, 128, 128), patch_shape=None, random_patches=False,
                    batch_size=1, validation_batch_size=2, steps_per_epoch=None, n_epochs=500,
                    lr_schedule="plateau", early_stopping_patience=50, target="labels",
                    loss="weighted_dice", augment=False, permute=True,
                    training_patch_start_offset=(16, 16, 16), skip_blank=True),
     # The port's plain 3D U-Net script (brats/train.py): 64^3 patches of the 144^3 store.
-    "unet": dict(model="unet3d", model_file="tumor_segmentation_model.keras",
-                 image_shape=(144, 144, 144), patch_shape=(64, 64, 64), random_patches=False,
+    "unet": dict(model="unet3d", run_dir="runs/unet", data_file="brats_data_144.h5",
+                 validation="patches", image_shape=(144, 144, 144), patch_shape=(64, 64, 64), random_patches=False,
                  batch_size=6, validation_batch_size=12, steps_per_epoch=None, n_epochs=500,
                  initial_learning_rate=1e-5, lr_schedule="plateau", early_stopping_patience=50,
                  target="labels", loss="dice_coefficient", n_base_filters=32, augment=False,
@@ -200,6 +225,32 @@ class PredictConfig:
     image_shape: tuple[int, int, int] | None = option(
         None, "The resampled shape of the port's store the model was trained on. Only for a "
         "model without a card.", none="the model card's (without a card: the brain crop)")
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    """The demo's size; the defaults take about 8 minutes on 2 CPU cores (bfloat16 units).
+
+    Training is the paper recipe (random patches with a third on tumour, full augmentation,
+    WT/TC/ET targets, BCE + Dice, Adam with exponential decay) at a smaller size.
+    """
+
+    work_dir: str = option("demo", "Folder for every file the demo writes.")
+    n_cases: int = option(16, "Synthetic cases in all.")
+    n_test: int = option(4, "Cases held out for prediction and scoring.")
+    shape: tuple[int, int, int] = option((96, 96, 64), "Case grid X,Y,Z, each at least 32 (BraTS: "
+                                         "240,240,155).")
+    patch_shape: tuple[int, int, int] = option((48, 48, 48), "Training patch and prediction "
+                                               "window, sizes divisible by 16.")
+    batch_size: int = option(2, "Patches per batch.")
+    steps_per_epoch: int = option(25, "Batches per epoch.")
+    n_epochs: int = option(50, "Epochs.")
+    initial_learning_rate: float = option(1e-3, "Adam's first learning rate (x 0.985 per "
+                                          "epoch).")
+    n_base_filters: int = option(8, "Filters of the first level (the paper: 16).")
+    workers: int = option(1, "Batch-making processes.")
+    precision: str = option("auto", "Training precision.", choices=PRECISIONS)
+    seed: int = option(0, "Seed of the data, the split and training.")
 
 
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Everything lives under `work_dir`:
     work_dir/test/<case>/...         held-out cases (their labels are only used to score)
     work_dir/preprocessed/           N4-corrected training cases (brats/preprocess.py's layout)
     work_dir/brats_data.h5           the data store
-    work_dir/model.keras (its model card inside and in .json; .run/, .log), training.log
+    work_dir/run/                    the training run (unet3d/runs.py): model.keras (its model
+                                     card inside), logs, split, checkpoint
     work_dir/predictions/<case>.nii.gz
     work_dir/evaluation/             scores.csv, summary.csv, boxplot.png, loss_graph.png, overlays/
 
@@ -21,7 +22,6 @@ are predicted and scored again with the final model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 import time
@@ -29,40 +29,15 @@ from pathlib import Path
 from typing import Callable
 
 from unet3d import recipes
-from unet3d.config import PRECISIONS, PredictConfig, option, preset
+from unet3d.config import DemoConfig, PredictConfig, preset
 from unet3d.data import write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.evaluation import evaluate_folder, format_summary
 from unet3d.logs import get_logger
 from unet3d.prediction import predict_cases
 from unet3d.preprocessing import preprocess_brats
+from unet3d.runs import with_run_files
 from unet3d.synthetic import make_synthetic_brats
-
-
-@dataclasses.dataclass
-class DemoConfig:
-    """The demo's size; the defaults take about 8 minutes on 2 CPU cores (bfloat16 units).
-
-    Training is the paper recipe (random patches with a third on tumour, full augmentation,
-    WT/TC/ET targets, BCE + Dice, Adam with exponential decay) at a smaller size.
-    """
-
-    work_dir: str = option("demo", "Folder for every file the demo writes.")
-    n_cases: int = option(16, "Synthetic cases in all.")
-    n_test: int = option(4, "Cases held out for prediction and scoring.")
-    shape: tuple[int, int, int] = option((96, 96, 64), "Case grid X,Y,Z, each at least 32 (BraTS: "
-                                         "240,240,155).")
-    patch_shape: tuple[int, int, int] = option((48, 48, 48), "Training patch and prediction "
-                                               "window, sizes divisible by 16.")
-    batch_size: int = option(2, "Patches per batch.")
-    steps_per_epoch: int = option(25, "Batches per epoch.")
-    n_epochs: int = option(50, "Epochs.")
-    initial_learning_rate: float = option(1e-3, "Adam's first learning rate (x 0.985 per "
-                                          "epoch).")
-    n_base_filters: int = option(8, "Filters of the first level (the paper: 16).")
-    workers: int = option(1, "Batch-making processes.")
-    precision: str = option("auto", "Training precision.", choices=PRECISIONS)
-    seed: int = option(0, "Seed of the data, the split and training.")
 
 
 def _split_cases(config: DemoConfig, work: Path, progress: Callable[[str], None]) -> None:
@@ -115,17 +90,17 @@ def run_demo(config: DemoConfig = DemoConfig(),
     if not store.exists():
         write_store_from_folder(work / "preprocessed", store, progress=progress)
     step("3/5 training")
-    train_config = preset(
-        "paper", data_file=str(store), model_file=str(work / "model.keras"),
-        training_log=str(work / "training.log"),
-        training_keys_file=str(work / "training_ids.pkl"),
-        validation_keys_file=str(work / "validation_ids.pkl"), data_split=1.0,
+    train_config = with_run_files(preset(
+        "paper", data_file=str(store), run_dir=str(work / "run"), data_split=1.0,
         patch_shape=config.patch_shape, batch_size=config.batch_size,
         steps_per_epoch=config.steps_per_epoch, n_epochs=config.n_epochs,
         initial_learning_rate=config.initial_learning_rate,
         n_base_filters=config.n_base_filters, workers=config.workers,
-        precision=config.precision, seed=config.seed, verbose=2)
-    recipes.train(train_config)
+        precision=config.precision, seed=config.seed))
+    if recipes.train(train_config).stopped_by_nan:
+        raise InputError("training stopped on a non-finite loss or weights (see above): rerun "
+                         "the same command to go on from the last good checkpoint, or try "
+                         "--precision float32 or a lower --initial_learning_rate")
     step("4/5 prediction of the held-out cases (native space)")
     report = predict_cases(train_config.model_file, work / "test", work / "predictions",
                            PredictConfig(), overwrite=True, progress=progress)

@@ -390,7 +390,7 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
 
     write_scores(rows, output_dir / "scores.csv")
     write_summary(summarize(rows), output_dir / "summary.csv")
-    plot_boxplot(rows, output_dir / "boxplot.png")
+    plot_boxplot(rows, output_dir / "boxplot.png", HD95_EMPTY)
     if history is not None:
         plot_loss_graph(history, output_dir / "loss_graph.png", title=Path(training_log).name)
     return rows

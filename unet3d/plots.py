@@ -68,33 +68,59 @@ def _save(figure: Figure, path: Path) -> None:
 
 def plot_loss_graph(history: Mapping[str, np.ndarray], path: str | os.PathLike,
                     title: str = "training log") -> None:
-    """Plot loss (and val_loss when logged) against epoch into a PNG, atomically."""
-    figure = Figure(figsize=(6, 4))
-    ax = figure.subplots()
-    ax.plot(history["epoch"], history["loss"], label="training loss")
+    """Plot the losses (training, and validation when logged) and, when logged, the Dice per
+    region (validation solid, training dashed) against the epoch, numbered from 1 as Keras prints
+    it, into a PNG, atomically. Epochs without a validation leave gaps; single points show."""
+    epochs = np.asarray(history["epoch"]) + 1
+    dice_columns = [c for c in history if c.startswith(("dice_", "val_dice_"))]
+    figure = Figure(figsize=(11 if dice_columns else 6, 4))
+    axes = figure.subplots(1, 2 if dice_columns else 1)
+    loss_ax = axes[0] if dice_columns else axes
+    loss_ax.plot(epochs, history["loss"], label="training loss")
     if "val_loss" in history:
-        ax.plot(history["epoch"], history["val_loss"], label="validation loss")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
+        loss_ax.plot(epochs, history["val_loss"], marker="o", markersize=3,
+                     label="validation loss")
+    loss_ax.set_ylabel("loss")
+    if dice_columns:
+        for column in sorted(dice_columns):
+            name = column.replace("val_", "").replace("dice_", "").upper()
+            validation = column.startswith("val_")
+            axes[1].plot(epochs, history[column], marker="o" if validation else None,
+                         markersize=3, linestyle="solid" if validation else "dashed",
+                         label=f"{'validation' if validation else 'training'} {name}")
+        axes[1].set_ylabel("Dice")
+        axes[1].set_ylim(-0.02, 1.02)
+    for ax in np.atleast_1d(axes):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    figure.suptitle(title)
     figure.tight_layout()
     _save(figure, Path(path))
 
 
-def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Box plots over cases of Dice (left) and HD95 (right) per region into a PNG, atomically."""
+def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
+                 empty_penalty: float | None = None) -> None:
+    """Box plots over cases of Dice (left) and HD95 (right) per region, with their means
+    (triangles), into a PNG, atomically. HD95s equal to `empty_penalty` (BraTS' value for a
+    region empty in only one of truth and prediction) are counted in a note."""
     names = [region.upper() for region in REGION_NAMES]
-    figure = Figure(figsize=(9, 4))
+    figure = Figure(figsize=(9, 4.5))
     dice_ax, hd95_ax = figure.subplots(1, 2)
     for ax, metric, label in ((dice_ax, "dice", "Dice"), (hd95_ax, "hd95", "HD95 (mm)")):
-        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in REGION_NAMES])
+        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in REGION_NAMES],
+                   showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     dice_ax.set_ylim(-0.02, 1.02)
-    figure.suptitle(f"{len(rows)} case(s)")
+    penalised = {region.upper(): sum(row[f"{region}_hd95"] == empty_penalty for row in rows)
+                 for region in REGION_NAMES} if empty_penalty is not None else {}
+    if any(penalised.values()):
+        counts = ", ".join(f"{name} {n}" for name, n in penalised.items() if n)
+        hd95_ax.set_title(f"{empty_penalty:g} mm: region empty in only one of truth and "
+                          f"prediction ({counts})", fontsize=7)
+    figure.suptitle(f"{len(rows)} case(s); triangles: means")
     figure.tight_layout()
     _save(figure, Path(path))
 

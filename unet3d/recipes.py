@@ -16,7 +16,7 @@ import keras
 
 from unet3d.augment import AugmentConfig
 from unet3d.brats import MODALITIES
-from unet3d.config import LOSSES, MODELS, TrainConfig, to_plain
+from unet3d.config import LOSSES, MODELS, PredictConfig, TrainConfig, to_plain
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import is_chief, make_strategy, set_precision
@@ -27,9 +27,12 @@ from unet3d.logs import get_logger
 from unet3d.losses import BCEDiceLoss, SoftDiceLoss
 from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss,
                             region_dice_metrics, weighted_dice_coefficient_loss)
-from unet3d.model import isensee2017_model, model_divisors, unet_model_3d
+from unet3d.evaluation import format_summary
+from unet3d.model import isensee2017_model, load_old_model, model_divisors, unet_model_3d
 from unet3d.model.card import ModelCard, TrainingRecord
+from unet3d.runs import VALIDATION_DIR, claim_run, with_run_files
 from unet3d.training import RunResult, make_schedule, run_training
+from unet3d.validation import CaseValidation, write_validation
 
 
 def check_config(config: TrainConfig) -> None:
@@ -48,13 +51,20 @@ def check_config(config: TrainConfig) -> None:
                          "--image_shape, or use --batch_size 1")
     if config.batch_size < 1 or config.n_epochs < 1:
         raise InputError("--batch_size and --n_epochs must be at least 1")
-    if Path(config.model_file).suffix != ".keras":
+    if config.model_file is not None and Path(config.model_file).suffix != ".keras":
         raise InputError(f"--model_file {config.model_file}: models are saved as .keras files "
                          "(with their model card inside)")
     if config.random_patches and (config.patch_shape is None or not config.steps_per_epoch):
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
     if config.labels is not None:
         check_labels(config.labels, 3 if config.target == "regions" else None, "--labels")
+    if config.validation_every < 1 or config.validation_cases < 1:
+        raise InputError(f"--validation_every {config.validation_every}, --validation_cases "
+                         f"{config.validation_cases}: at least 1")
+    watched = (config.lr_schedule == "plateau") or bool(config.early_stopping_patience)
+    if watched and config.validation_every > 1:
+        raise InputError("the plateau schedule and early stopping watch the validation score "
+                         "every epoch: use --validation_every 1 with them")
 
 
 def check_divisors(config: TrainConfig, sample: tuple[int, int, int] | None = None) -> None:
@@ -132,13 +142,10 @@ def build_model(config: TrainConfig, n_channels: int, n_labels: int) -> keras.Mo
     raise InputError(f"unknown model {config.model!r}: choose one of {', '.join(MODELS)}")
 
 
-def make_datasets(config: TrainConfig, store: DataStore, global_batch: int,
-                  global_validation_batch: int, chief: bool = True):
-    """(training, validation or None) datasets of `config`, with the saved split (saved by the
-    chief only)."""
-    training, validation = get_validation_split(store, config.training_keys_file,
-                                                config.validation_keys_file, config.data_split,
-                                                seed=config.seed, save=chief)
+def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
+                  validation: list[int], global_batch: int, global_validation_batch: int):
+    """(training, validation or None) datasets of `config` on the split (`training`,
+    `validation` case indices); a validation dataset of patches with `--validation patches`."""
     common = dict(target=config.target, labels=config.labels, seed=config.seed,
                   workers=config.workers)
     if config.random_patches:
@@ -151,7 +158,7 @@ def make_datasets(config: TrainConfig, store: DataStore, global_batch: int,
                                  skip_blank=config.skip_blank, augment=config.augment,
                                  permute=config.permute, **common)
     valid = None
-    if validation:
+    if validation and config.validation == "patches":
         valid = PatchListDataset(store, validation, global_validation_batch,
                                  patch_shape=config.patch_shape, shuffle=False,
                                  skip_blank=config.skip_blank,
@@ -182,31 +189,56 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
                                              config.validation_keys_file, to_plain(config)))
 
 
-def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+def validation_window(config: TrainConfig, store: DataStore) -> PredictConfig:
+    """How the validation predicts whole cases: windows of the training patch (whole images of
+    the store when it trains on them), as brats/predict.py predicts with the model card."""
+    window = config.patch_shape or store.space.image_shape
+    return PredictConfig(patch_shape=window, whole_volume=window is None)
+
+
+def monitor_of(config: TrainConfig, validation: list[int]) -> tuple[str, str]:
+    """(the log that chooses the best model, "min" or "max")."""
+    if not validation:
+        return "loss", "min"
+    return ("val_dice_mean", "max") if config.validation == "cases" else ("val_loss", "min")
+
+
+def _callbacks(config: TrainConfig, monitor: tuple[str, str]) -> list[keras.callbacks.Callback]:
+    name, mode = monitor
     callbacks = []
     if config.lr_schedule == "plateau":
         callbacks.append(keras.callbacks.ReduceLROnPlateau(
-            factor=config.learning_rate_drop, patience=config.learning_rate_patience, verbose=1))
+            monitor=name, mode=mode, factor=config.learning_rate_drop,
+            patience=config.learning_rate_patience, verbose=1))
     if config.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(patience=config.early_stopping_patience,
-                                                       verbose=1))
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=name, mode=mode, patience=config.early_stopping_patience, verbose=1))
     return callbacks
 
 
-def train(config: TrainConfig) -> RunResult:
-    """Run (or resume) the training `config` describes; returns the run's per-epoch logs."""
-    check_config(config)
-    strategy = make_strategy(config.strategy, config.cpu_replicas)
-    precision = set_precision(config.precision)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+def _check_replicas(config: TrainConfig, replicas: int) -> None:
     validation_batch = config.validation_batch_size or config.batch_size
     for flag, batch in (("--batch_size", config.batch_size),
                         ("--validation_batch_size", validation_batch)):
         if batch % replicas:
             raise InputError(f"{flag} {batch} is the global batch and must be a multiple of the "
                              f"{replicas} replicas (devices): use a multiple of {replicas}")
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Run (or resume) the training `config` describes in its run folder (`unet3d.runs`);
+    returns the run's per-epoch logs. At the end, the validation cases are predicted with the
+    best model and scored into `<run_dir>/validation/`."""
+    config = with_run_files(config)
+    settings = to_plain(config)  # as given: what a rerun must repeat to resume
+    check_config(config)
+    strategy = make_strategy(config.strategy, config.cpu_replicas)
+    precision = set_precision(config.precision)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    _check_replicas(config, replicas)
     check_divisors(config)  # before the store is built: nothing is written for a bad patch
     chief = is_chief()
+    claim_run(config, chief)
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
     config = dataclasses.replace(config, labels=tuple(config.labels or store.labels
@@ -214,17 +246,50 @@ def train(config: TrainConfig) -> RunResult:
     try:
         if config.patch_shape is None:  # whole images of the store
             check_divisors(config, store.space.image_shape)
-        card = make_card(config, store)
+        training, validation = get_validation_split(
+            store, config.training_keys_file, config.validation_keys_file, config.data_split,
+            seed=config.seed, save=chief)
+        card, monitor = make_card(config, store), monitor_of(config, validation)
+        validator = None
+        if validation and config.validation == "cases":
+            validator = CaseValidation(store, validation[:config.validation_cases],
+                                       validation_window(config, store), config.target,
+                                       config.labels, config.validation_every, config.n_epochs)
         get_logger().info("training %s: %d replicas, global batch %d, precision %s, %d epochs",
                           config.model_file, replicas, config.batch_size, precision,
                           config.n_epochs)
         schedule = make_schedule(config.lr_schedule, config.initial_learning_rate,
                                  config.n_epochs, config.learning_rate_drop,
                                  config.learning_rate_epochs)
-        return run_training(
+        result = run_training(
             lambda: build_model(config, store.n_channels, len(config.labels)),
-            lambda: make_datasets(config, store, config.batch_size, validation_batch, chief),
+            lambda: make_datasets(config, store, training, validation, config.batch_size,
+                                  config.validation_batch_size or config.batch_size),
             config.model_file, config.training_log, config.n_epochs, schedule,
-            _callbacks(config), strategy, config.verbose, card=card)
+            [validator] * (validator is not None) + _callbacks(config, monitor), strategy,
+            config.verbose, card=card, monitor=monitor, settings=settings)
+        if chief and validation and not result.stopped_by_nan:
+            finish_run(config, store, validation, validator, result)
+        return result
     finally:
         store.close()
+
+
+def finish_run(config: TrainConfig, store: DataStore, validation: list[int],
+               validator: CaseValidation | None, result: RunResult) -> None:
+    """Predict the validation cases with the best model and score them into
+    `<run_dir>/validation/` (skipped when a finished run was only rerun)."""
+    out_dir = Path(config.run_dir) / VALIDATION_DIR
+    if validator is not None and validator.seconds:
+        get_logger().info("whole-case validation: %.1f s per case (%d cases)",
+                          sum(validator.seconds) / len(validator.seconds),
+                          len(validator.cases))
+    if (result.resumed_from == result.epochs_done and (out_dir / "scores.csv").exists()) \
+            or not Path(config.model_file).exists():
+        return
+    get_logger().info("predicting the validation cases with the best model into %s", out_dir)
+    rows = write_validation(load_old_model(config.model_file, compile=False), store,
+                            validation[:config.validation_cases],
+                            validation_window(config, store), config.target, config.labels,
+                            out_dir, config.training_log)
+    get_logger().info(format_summary(rows))

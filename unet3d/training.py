@@ -25,6 +25,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -35,6 +37,7 @@ from unet3d.config import PAPER, SCHEDULES
 from unet3d.distribution import is_chief, prepare_model
 from unet3d.errors import InputError
 from unet3d.io import atomic_write, remove_stale_temporaries
+from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
 from unet3d.model.card import ModelCard
 from unet3d.model.saving import load_old_model, save_model
@@ -99,6 +102,12 @@ def scaled_learning_rate(learning_rate: float, global_batch_size: int,
 
 # --------------------------------------------------------------------------- callbacks
 
+NAN_ADVICE = ("Rerun the same command to go on from it; if it happens again, try a lower "
+              "learning rate (--initial_learning_rate), --precision float32 (or mixed_bfloat16 "
+              "instead of mixed_float16), and check the data for NaNs (brats/preprocess.py "
+              "rejects them)")
+
+
 class NaNGuard(keras.callbacks.Callback):
     """Stop training at the first batch whose loss is NaN or infinite, saying what to try."""
 
@@ -106,11 +115,8 @@ class NaNGuard(keras.callbacks.Callback):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
             self.model.stop_training = True
-            self.message = (
-                f"loss became {float(loss)} at batch {batch}: training stopped. Try a lower "
-                "learning rate (--initial_learning_rate), --precision float32 (or mixed_bfloat16 "
-                "instead of mixed_float16), and check the data for NaNs (brats/preprocess.py "
-                "rejects them); the last good checkpoint is kept")
+            self.message = (f"loss became {float(loss)} at batch {batch}: training stopped, the "
+                            f"last good checkpoint is kept. {NAN_ADVICE}")
             get_logger().error(self.message)
 
 
@@ -146,20 +152,23 @@ class RunCheckpoint(keras.callbacks.Callback):
         run_dir: checkpoint folder (`last.keras`, `state.json`).
         model_file: where the best model goes (a `.keras` file).
         csv_file: the training log, one row per epoch (rewritten from the state on resume).
-        monitor: "val_loss" (or "loss" without validation); lower is better.
+        monitor: the log that chooses the best model, e.g. "val_loss" or "val_dice_mean".
+        mode: "min" (lower is better) or "max".
         callbacks: callbacks whose counters are saved and restored (plateau, early stopping).
         is_chief: whether this process writes.
         card: the model card saved inside both models (and beside the best one).
+        settings: the run's settings, kept in `state.json` (to refuse resuming another run).
     """
 
     def __init__(self, run_dir: str | os.PathLike, model_file: str | os.PathLike,
-                 csv_file: str | os.PathLike, monitor: str = "val_loss",
+                 csv_file: str | os.PathLike, monitor: str = "val_loss", mode: str = "min",
                  callbacks: Sequence[keras.callbacks.Callback] = (), is_chief: bool = True,
-                 card: ModelCard | None = None):
+                 card: ModelCard | None = None, settings: dict | None = None):
         super().__init__()
         self.run_dir, self.model_file, self.csv_file = Path(run_dir), Path(model_file), Path(csv_file)
-        self.monitor, self.is_chief, self.card = monitor, is_chief, card
+        self.monitor, self.mode, self.is_chief, self.card = monitor, mode, is_chief, card
         self.tracked = [c for c in callbacks if type(c) in _CALLBACK_STATE]
+        self.settings = settings
         self.state = self.load_state(self.run_dir) or {"epochs_done": 0, "history": [],
                                                        "best": None, "callbacks": []}
 
@@ -184,21 +193,30 @@ class RunCheckpoint(keras.callbacks.Callback):
         `on_train_begin`, so this callback must come after them in the list."""
         for callback, saved in zip(self.tracked, self.state["callbacks"]):
             for name, value in saved.items():
-                setattr(callback, name, np.inf if value is None and name == "best" else value)
+                if value is not None or name != "best":  # None: +-inf, as the callback reset it
+                    setattr(callback, name, value)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = dict(logs or {})
         if not math.isfinite(float(logs.get("loss", 0.0))):
             return  # stopped by NaNGuard: keep the last good checkpoint, redo this epoch
+        if not all(np.isfinite(weights).all() for weights in self.model.get_weights()):
+            # the last update made weights non-finite although the epoch's loss was finite
+            self.model.stop_training = True
+            self.message = (f"weights became NaN or infinite in epoch {epoch + 1}: training "
+                            f"stopped, the checkpoint of epoch {epoch} is kept. {NAN_ADVICE}")
+            get_logger().error(self.message)
+            return
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         row = {"epoch": epoch, **{k: _to_json(v) for k, v in logs.items()}}
-        value = logs.get(self.monitor)
+        value, best = logs.get(self.monitor), self.state["best"]
         improved = value is not None and math.isfinite(value) and (
-            self.state["best"] is None or value < self.state["best"])
+            best is None or (value > best if self.mode == "max" else value < best))
         self.state = {
+            **self.state, "monitor": self.monitor, "mode": self.mode, "settings": self.settings,
             "epochs_done": epoch + 1,
             "history": self.state["history"] + [row],
-            "best": value if improved else self.state["best"],
+            "best": value if improved else best,
             "callbacks": [{name: _to_json(getattr(c, name)) for name in _CALLBACK_STATE[type(c)]}
                           for c in self.tracked],
         }
@@ -234,12 +252,50 @@ class RunResult:
     stopped_by_nan: bool = False
 
 
+def checkpoint_dir(model_file: str | os.PathLike) -> Path:
+    """The checkpoint folder of the run whose best model is `model_file`: `<model_file>.run/`."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".run")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """A line per epoch in the log: the epoch (numbered from 1, as Keras prints it), the losses,
+    the validation Dice, the learning rate and the time; and one after the first step, which
+    traces the network and takes longest."""
+
+    def __init__(self, n_epochs: int):
+        super().__init__()
+        self.n_epochs = n_epochs
+        self.start = self.first_step = None
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        if self.first_step is None:
+            self.first_step = time.monotonic() - self.start
+            get_logger().info(f"first step done in {self.first_step:.0f} s")
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        parts = [f"{name} {logs[name]:.4f}" for name in ("loss", "val_loss") if name in logs]
+        if "val_dice_mean" in logs:
+            parts.append("val Dice " + " ".join(f"{r.upper()} {logs[f'val_dice_{r}']:.3f}"
+                                                for r in REGION_NAMES)
+                         + f" (mean {logs['val_dice_mean']:.3f})")
+        rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        get_logger().info(f"epoch {epoch + 1}/{self.n_epochs}: {', '.join(parts)}, learning rate "
+                          f"{rate:.3g}, {time.monotonic() - self.start:.0f} s")
+
+
 def run_training(build_model: Callable[[], keras.Model],
                  make_datasets: Callable[[], tuple], model_file: str | os.PathLike,
                  training_log: str | os.PathLike, n_epochs: int,
                  schedule: Callable[[int], float] | None = None,
                  callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
-                 verbose: int | str = "auto", card: ModelCard | None = None) -> RunResult:
+                 verbose: int | str = "auto", card: ModelCard | None = None,
+                 monitor: tuple[str, str] | None = None,
+                 settings: dict | None = None) -> RunResult:
     """Train (or resume) a run; returns the whole run's per-epoch logs.
 
     Args:
@@ -251,17 +307,22 @@ def run_training(build_model: Callable[[], keras.Model],
         training_log: CSV log, one row per epoch.
         n_epochs: total epochs of the run (a finished run returns at once).
         schedule: epoch -> learning rate (None: the optimizer's rate, or a plateau callback).
-        callbacks: more callbacks (ReduceLROnPlateau and EarlyStopping counters are resumed).
+        callbacks: more callbacks, before the checkpoint (ReduceLROnPlateau and EarlyStopping
+            counters are resumed).
         strategy: a tf.distribute strategy or None.
-        verbose: Keras' progress output.
+        verbose: Keras' progress output; "auto": a bar on a terminal, else none (the log has a
+            line per epoch).
         card: the model card saved with the models (`unet3d.model.card`).
+        monitor: (log, "min" or "max") choosing the best model; default val_loss (loss without
+            validation data), lower is better.
+        settings: the run's settings, kept in its state.
     """
     model_file = Path(model_file)
-    run_dir = model_file.with_name(model_file.name + ".run")
+    run_dir = checkpoint_dir(model_file)
     chief = is_chief()
     log = get_logger()
-    checkpoint = RunCheckpoint(run_dir, model_file, training_log, callbacks=callbacks,
-                               is_chief=chief, card=card)
+    checkpoint = RunCheckpoint(run_dir, model_file, training_log, *(monitor or ("loss", "min")),
+                               callbacks=callbacks, is_chief=chief, card=card, settings=settings)
     start = int(checkpoint.state["epochs_done"])
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
@@ -279,15 +340,22 @@ def run_training(build_model: Callable[[], keras.Model],
         log.info("%s: all %d epochs are done", model_file, n_epochs)
         return RunResult(checkpoint.state["history"], start, start)
     training_data, validation_data = make_datasets()
-    checkpoint.monitor = "val_loss" if validation_data is not None else "loss"
+    if monitor is None and validation_data is not None:
+        checkpoint.monitor = "val_loss"
     prepare_model(model, strategy, training_data[0])
     nan_guard = NaNGuard()
-    all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, checkpoint]
+    all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, EpochLog(n_epochs),
+                     checkpoint]
     if schedule is not None:
         all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    log.info("the first step traces the network before it runs: tens of seconds on a CPU "
+             "(about 40 s for 128^3 patches on 2 cores)")
     # shuffle=False: Keras would reorder each epoch's batches with an unseeded generator; the
     # datasets already draw their order from (seed, epoch).
     model.fit(training_data, validation_data=validation_data, epochs=n_epochs, initial_epoch=start,
               callbacks=all_callbacks, verbose=verbose, shuffle=False)
     return RunResult(checkpoint.state["history"], checkpoint.state["epochs_done"], start,
-                     stopped_by_nan=hasattr(nan_guard, "message"))
+                     stopped_by_nan=hasattr(nan_guard, "message") or hasattr(checkpoint,
+                                                                            "message"))

@@ -1,0 +1,124 @@
+"""Whole-case validation during training, scored as `brats/evaluate.py` scores.
+
+`CaseValidation` (a Keras callback) predicts the validation cases whole after an epoch (every
+`every` epochs and after the last one) with the project's own sliding-window inference
+(`unet3d.inference`), turns the probabilities into label maps (`unet3d.postprocessing`), puts
+both the prediction and the stored truth back on each case's native grid
+(`unet3d.model_space.to_native_space`) and computes the Dice of each region with
+`unet3d.evaluation` (`region_masks`, `dice`): the numbers `evaluate.py` gives for the same
+predictions. It adds `val_dice_wt`, `val_dice_tc`, `val_dice_et` (means over the cases) and
+their mean `val_dice_mean` to the epoch's logs, which the checkpoint uses to keep the best model.
+
+`write_validation` writes the validation cases' predictions, their truths and the evaluation's
+reports into a folder (the run's `validation/`), as nnU-Net does at the end of training.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from unet3d.config import PredictConfig
+from unet3d.data import DataStore
+from unet3d.evaluation import dice, evaluate_folder, region_masks
+from unet3d.inference import model_predictor, predict_volume
+from unet3d.io import geometry_from_affine, write_nifti
+from unet3d.labels import REGION_NAMES
+from unet3d.logs import get_logger
+from unet3d.model import model_divisors
+from unet3d.model_space import to_native_space
+from unet3d.postprocessing import probabilities_to_labels
+
+#: What the validation adds to an epoch's logs: the mean Dice of each region and their mean.
+DICE_KEYS = tuple(f"val_dice_{region}" for region in REGION_NAMES) + ("val_dice_mean",)
+
+
+def predict_case(model: keras.Model, store: DataStore, case: int, config: PredictConfig,
+                 target: str, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, object]:
+    """(prediction, truth) label maps of store case `case` on its native grid (the stored grid
+    for stores in the port's layout), and that grid."""
+    probabilities = predict_volume(_predictor(model), store.read_image(case), config,
+                                   max(model_divisors(model)))
+    prediction = probabilities_to_labels(probabilities, target, labels, config.threshold)
+    truth, info = store.read_truth(case), store.case_info(case)
+    if info is None:
+        return prediction, truth, geometry_from_affine(store.file.root.affine[case],
+                                                       truth.shape)
+    return to_native_space(prediction, info), to_native_space(truth, info), info.original
+
+
+def _predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """Predict with `model` outside any distribution strategy: under one, Keras would split each
+    window batch over the replicas (and workers); calling the model reads its variables as is."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or type(strategy).__name__ in ("_DefaultDistributionStrategy",
+                                                       "OneDeviceStrategy"):
+        return model_predictor(model)
+    return lambda batch: np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)),
+                                    np.float32)
+
+
+def score_cases(model: keras.Model, store: DataStore, cases: Sequence[int],
+                config: PredictConfig, target: str, labels: Sequence[int]) -> list[dict]:
+    """One row per case: {"case": subject id, "wt_dice": ..., "tc_dice": ..., "et_dice": ...}."""
+    rows = []
+    for case in cases:
+        prediction, truth, _ = predict_case(model, store, case, config, target, labels)
+        truth_masks = region_masks(truth, labels, f"{store.path} case {case}")
+        pred_masks = region_masks(prediction, labels, f"the prediction of case {case}")
+        rows.append({"case": store.subject_ids[case],
+                     **{f"{region}_dice": dice(truth_masks[region], pred_masks[region])
+                        for region in REGION_NAMES}})
+    return rows
+
+
+def mean_dice(rows: Sequence[dict]) -> dict[str, float]:
+    """The `DICE_KEYS` of `score_cases`' rows."""
+    means = {f"val_dice_{region}": float(np.mean([row[f"{region}_dice"] for row in rows]))
+             for region in REGION_NAMES}
+    return {**means, "val_dice_mean": float(np.mean(list(means.values())))}
+
+
+class CaseValidation(keras.callbacks.Callback):
+    """Adds the whole-case Dice (`DICE_KEYS`) to the logs of every `every`-th epoch and of the
+    last (`n_epochs`); the seconds it took go to `seconds` (per validated case)."""
+
+    def __init__(self, store: DataStore, cases: Sequence[int], config: PredictConfig,
+                 target: str, labels: Sequence[int], every: int, n_epochs: int):
+        super().__init__()
+        self.store, self.cases, self.config = store, list(cases), config
+        self.target, self.labels = target, tuple(labels)
+        self.every, self.n_epochs = int(every), int(n_epochs)
+        self.seconds: list[float] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None or ((epoch + 1) % self.every and epoch + 1 != self.n_epochs):
+            return
+        start = time.monotonic()
+        rows = score_cases(self.model, self.store, self.cases, self.config, self.target,
+                           self.labels)
+        self.seconds.append((time.monotonic() - start) / len(self.cases))
+        logs.update(mean_dice(rows))
+
+
+def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
+                     config: PredictConfig, target: str, labels: Sequence[int],
+                     out_dir: str | Path, training_log: str | Path | None = None) -> list[dict]:
+    """Predict the validation `cases` with `model` into `out_dir/predictions/<case>.nii.gz` (on
+    each case's native grid), write their truths to `out_dir/truths/<case>_seg.nii.gz`, and score
+    them with `evaluate_folder` into `out_dir` (scores.csv, summary.csv, boxplot.png and, with
+    `training_log`, loss_graph.png). Returns the scores' rows."""
+    out_dir = Path(out_dir)
+    for count, case in enumerate(cases, start=1):
+        name = store.subject_ids[case].replace(" ", "_")
+        prediction, truth, geometry = predict_case(model, store, case, config, target, labels)
+        write_nifti(prediction, geometry, out_dir / "predictions" / f"{name}.nii.gz",
+                    dtype=np.uint8)
+        write_nifti(truth, geometry, out_dir / "truths" / f"{name}_seg.nii.gz", dtype=np.uint8)
+        get_logger().info(f"[{count}/{len(cases)}] validation case {name} predicted")
+    return evaluate_folder(out_dir / "predictions", out_dir / "truths", out_dir, labels=labels,
+                           training_log=training_log, overlays=False)
