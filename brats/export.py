@@ -1,6 +1,6 @@
 """Export a trained model as a TensorFlow SavedModel, to serve or load without unet3d.
 
-    python brats/export.py --model_file isensee2017_model.keras --output exported/isensee2017
+    python brats/export.py --model_file runs/paper/model.keras --output exported/isensee2017
         --channel_names t1,t1ce,flair,t2 --output_names wt,tc,et
 
 Writes <output>/saved_model/ (serving signature "serving_default": "image", float32
@@ -18,7 +18,7 @@ from unet3d.errors import InputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. isensee2017_model.keras.")
+flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. runs/paper/model.keras.")
 flags.DEFINE_string("output", None, "Folder to create with the export.")
 flags.DEFINE_boolean("overwrite", False, "Replace --output if it exists.")
 flags.DEFINE_list("channel_names", None, "The model's input channels in order (default: its "

@@ -1,8 +1,8 @@
 """Predict BraTS cases with a trained model, on each case's original grid.
 
-    python brats/predict.py --model_file isensee2017_model.keras --input_dir data/new_cases \
+    python brats/predict.py --model_file runs/paper/model.keras --input_dir data/new_cases \
         --output_dir predictions
-    python brats/predict.py --model_file isensee2017_model.keras --validation \
+    python brats/predict.py --model_file runs/paper/model.keras --validation \
         --output_dir prediction     # the port's validation run, on the model's store and split
 
 Input cases are raw BraTS folders of any release (label files optional) or a folder written by

@@ -2,6 +2,7 @@
 the same predictions, and the best model follows it."""
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -42,3 +43,40 @@ def test_the_best_model_is_the_epoch_of_the_best_validation_dice(trained):
     summary = {row["statistic"]: row for row in csv_rows(f"{trained.run_dir}/validation/summary.csv")}
     means = [float(summary["mean"][f"{region}_dice"]) for region in ("wt", "tc", "et")]
     assert np.mean(means) == pytest.approx(max(values), abs=1e-6)
+
+
+def test_the_final_validation_is_replaced_whole_and_redone_for_a_new_best_model(
+        trained, tmp_path, monkeypatch):
+    """A final validation killed half-way leaves the previous one whole (no mix of two models'
+    predictions), and is redone on the next run, unless the folder holds that model's."""
+    from unet3d import recipes, validation
+    from unet3d.data import DataStore
+    from unet3d.labels import DEFAULT_LABELS
+    from unet3d.splits import load_keys
+    from unet3d.training import RunResult
+
+    config = dataclasses.replace(trained, run_dir=str(tmp_path / "run"))
+    out = tmp_path / "run" / "validation"
+
+    def contents():
+        return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with DataStore(config.data_file) as store:
+        config = dataclasses.replace(config, labels=store.labels or DEFAULT_LABELS)
+        cases = load_keys(config.validation_keys_file, store)
+        recipes.finish_run(config, store, cases, None, RunResult([], 3, 0))
+        first = contents()
+        assert json.loads(first["validated.json"])["epochs_done"] == 3
+        assert len([name for name in first if name.startswith("predictions/")]) == 2
+        monkeypatch.setattr(validation, "evaluate_folder", killed)
+        with pytest.raises(KeyboardInterrupt):  # the run was extended: killed while validating
+            recipes.finish_run(config, store, cases, None, RunResult([], 4, 3))
+        assert contents() == first
+        assert [p.name for p in (tmp_path / "run").iterdir()] == ["validation"]
+        recipes.finish_run(config, store, cases, None, RunResult([], 3, 3))  # that model's: kept
+        monkeypatch.undo()
+        recipes.finish_run(config, store, cases, None, RunResult([], 4, 4))
+        assert json.loads(contents()["validated.json"])["epochs_done"] == 4

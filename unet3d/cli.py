@@ -11,8 +11,8 @@ typed twice: a default lives in its dataclass only (`unet3d.config`).
 `run(main)` runs a script like `absl.app.run`, with the project's exit statuses: 0 all good, 1 some
 case failed, 2 bad usage (a bad flag value or argument included); `--help` exits 0.
 
-`run` hides TensorFlow's own C++ log (start-up, CUDA and per-epoch dataset messages;
-`unet3d.logs.hide_native_log`) unless `--tensorflow_log` is given.
+`run` hides TensorFlow's own C++ information and warnings (start-up, CUDA and per-epoch dataset
+messages; `unet3d.logs.hide_native_log`) unless `--tensorflow_log` is given.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from unet3d.errors import InputError
 from unet3d.logs import hide_native_log, setup_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_boolean("tensorflow_log", False, "Show TensorFlow's own log (its start-up, CUDA and "
-                     "dataset messages), hidden by default.")
+flags.DEFINE_boolean("tensorflow_log", False, "Show TensorFlow's own information and warning "
+                     "lines (start-up, CPU features, no CUDA driver, dataset messages), hidden "
+                     "by default; its errors always show.")
 #: absl's help flags (given as --name or -name); absl ends them with exit status 1.
 HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 #: What each training recipe is, for the --preset help.
@@ -190,16 +191,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         sys.stderr.write(f"error: unexpected arguments: {' '.join(remaining[1:])} (the "
                          "scripts take flags only; --helpshort lists them)\n")
         sys.exit(2)
+    if not FLAGS.tensorflow_log:
+        hide_native_log()
+        logging.getLogger("numexpr").setLevel(logging.WARNING)
     return remaining
 
 
 def run(main: Callable[[list[str]], int]) -> None:
     """Run a script's `main(argv) -> exit status` with absl, exiting 2 on a bad flag. Unless
-    `--tensorflow_log` is given, TensorFlow's C++ log is hidden from here on (the scripts import
-    TensorFlow inside `main`, so its start-up messages are hidden too)."""
-    if not any(argument.lstrip("-") == "tensorflow_log" for argument in sys.argv[1:]):
-        hide_native_log()
-        logging.getLogger("numexpr").setLevel(logging.WARNING)
+    `--tensorflow_log` is given, TensorFlow's C++ log is hidden once the flags are read (the
+    scripts import TensorFlow inside `main`, so its start-up messages are hidden too)."""
     app.run(main, flags_parser=_parse_flags)
 
 

@@ -66,12 +66,13 @@ class TrainConfig:
                           "split, checkpoint and final validation. Rerunning the same command "
                           "resumes the run; other settings are refused (see --overwrite).",
                           resumable=True)
-    overwrite: bool = option(False, "Start the run in --run_dir over (its model, logs, split and "
-                             "checkpoint are replaced) instead of refusing settings that differ "
-                             "from the run's.", resumable=True)
+    overwrite: bool = option(False, "Start the run in --run_dir over (its model, CSV log, split, "
+                             "checkpoint and validation are removed; run.log goes on) instead of "
+                             "refusing settings that differ from the run's. Leave it out of the "
+                             "command that resumes the run.", resumable=True)
     model_file: str | None = option(None, "The best model (.keras, carrying its model card); the "
                                     "checkpoint goes to <model_file>.run/.",
-                                    none="<run_dir>/model.keras", resumable=True)
+                                    none="<run_dir>/model.keras")
     training_log: str | None = option(None, "CSV log, one row per epoch.",
                                       none="<run_dir>/training.log", resumable=True)
     training_keys_file: str | None = option(None, "The saved split, training case indices: "
@@ -101,8 +102,9 @@ class TrainConfig:
                              "does; the best model has the best mean Dice) or patches (the loss "
                              "over a grid of patches, the port's; the best model has the lowest "
                              "val_loss).", choices=VALIDATIONS)
-    validation_every: int = option(1, "Epochs between validations (the last epoch is always "
-                                   "validated).", resumable=True)
+    validation_every: int = option(1, "Epochs between whole-case validations (the last epoch "
+                                   "is always validated; patches are validated every epoch).",
+                                   resumable=True)
     validation_cases: int = option(10, "Cases validated (--validation cases): the first ones of "
                                    "the validation split, all when it has fewer.")
     validation_batch_size: int | None = option(None, "Global batch of the patch validation.",
@@ -142,7 +144,7 @@ class TrainConfig:
     data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
                                "drawn (1.0: no validation).")
     precision: str = option("auto", "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with "
-                            "bfloat16 units, else float32.", choices=PRECISIONS, resumable=True)
+                            "bfloat16 units, else float32.", choices=PRECISIONS)
     strategy: str = option("auto", "auto: multi_worker when TF_CONFIG is set, mirrored with "
                            "several GPUs (or --cpu_replicas > 1), else one_device.",
                            choices=STRATEGIES, resumable=True)

@@ -33,7 +33,7 @@ import tables
 from unet3d.brats import LABELS, MODALITIES, find_cases
 from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
-from unet3d.io import Geometry, nifti_shape
+from unet3d.io import Geometry, geometry_from_affine, nifti_shape
 from unet3d.logs import get_logger
 from unet3d.model_space import CLIP, CaseInfo, ModelSpace, prepare_case
 from unet3d.preprocessing import PreprocessConfig, read_preprocess_config
@@ -272,6 +272,14 @@ class DataStore:
                         tuple(int(n) for n in row["crop_start"]),
                         tuple(int(n) for n in row["crop_stop"]), original,
                         resampled=self.space.image_shape is not None)
+
+    def native_grid(self, index: int) -> Geometry:
+        """The grid case `index` came on (for legacy-layout stores, which do not record it: the
+        stored grid)."""
+        info = self.case_info(index)
+        if info is None:
+            return geometry_from_affine(self.file.root.affine[index], self.case_shape(index))
+        return info.original
 
     def _read_into(self, node: str, index: int, lo: Sequence[int], hi: Sequence[int],
                    out: np.ndarray, offset: Sequence[int]) -> None:

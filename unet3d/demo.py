@@ -16,12 +16,14 @@ Everything lives under `work_dir`:
     work_dir/evaluation/             scores.csv, summary.csv, boxplot.png, loss_graph.png, overlays/
 
 Data steps are skipped when their output exists and training resumes (more epochs continue it),
-so rerunning the same command after an interruption goes on where it stopped; the held-out cases
-are predicted and scored again with the final model.
+so rerunning the same command after an interruption goes on where it stopped; other training
+settings (patch, precision, ...) start the training over; the held-out cases are predicted and
+scored again with the final model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -36,7 +38,7 @@ from unet3d.evaluation import evaluate_folder, format_summary
 from unet3d.logs import get_logger
 from unet3d.prediction import predict_cases
 from unet3d.preprocessing import preprocess_brats
-from unet3d.runs import with_run_files
+from unet3d.runs import recorded_state, run_differences, with_run_files
 from unet3d.synthetic import make_synthetic_brats
 
 
@@ -97,6 +99,11 @@ def run_demo(config: DemoConfig = DemoConfig(),
         initial_learning_rate=config.initial_learning_rate,
         n_base_filters=config.n_base_filters, workers=config.workers,
         precision=config.precision, seed=config.seed))
+    state = recorded_state(train_config)
+    if state is not None and run_differences(state, train_config):
+        progress(f"the training settings changed ({'; '.join(run_differences(state, train_config))}"
+                 "): training starts over")
+        train_config = dataclasses.replace(train_config, overwrite=True)
     if recipes.train(train_config).stopped_by_nan:
         raise InputError("training stopped on a non-finite loss or weights (see above): rerun "
                          "the same command to go on from the last good checkpoint, or try "

@@ -1,12 +1,12 @@
 """Export a trained model as a TensorFlow SavedModel, to serve or load without this package.
 
-    export_model("isensee2017_model.keras", "exported/isensee2017")
+    export_model("runs/paper/model.keras", "exported/isensee2017")
 
 writes the folder
 
     exported/isensee2017/
         saved_model/               TensorFlow SavedModel, serving signature "serving_default"
-        isensee2017_model.keras    the Keras model file, copied as trained (its model card inside)
+        model.keras                the Keras model file, copied as trained (its model card inside)
         signature.json             inputs and outputs: names, shapes, dtypes, channel names, and
                                    the model card (how inputs must be made: unet3d.model.card)
         README.txt                 the same for people, with how to load it
@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -35,7 +34,7 @@ import tensorflow as tf
 
 import unet3d
 from unet3d.errors import InputError
-from unet3d.io import publish
+from unet3d.io import atomic_folder
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import embed_card, embedded_card
 
@@ -83,10 +82,7 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         channel_names, output_names = card.modalities, card.output_names
     signature = describe_signature(model, model_file, channel_names, output_names, card)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial",
-                                dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as tmp:
         write_saved_model(model, tmp / SAVED_MODEL_DIR,
                           signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
         shutil.copyfile(model_file, tmp / model_file.name)
@@ -94,10 +90,6 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
             embed_card(tmp / model_file.name, card)
         (tmp / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
         (tmp / "README.txt").write_text(readme(signature))
-        _publish_folder(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output_dir
 
 
@@ -219,21 +211,3 @@ def _names(names: Sequence[str] | None, count: int, what: str, model_file: Path)
 
 def _listed(names: list | None, default: str) -> str:
     return ", ".join(names) if names else default
-
-
-def _publish_folder(tmp: Path, path: Path) -> None:
-    """Rename the finished folder `tmp` to `path`; an existing `path` is moved aside first and
-    deleted once the new one is in place (put back if the rename fails)."""
-    if not path.exists():
-        publish(tmp, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial-old", dir=path.parent))
-    try:
-        os.replace(path, old)
-        try:
-            publish(tmp, path)
-        except BaseException:
-            os.replace(old, path)
-            raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)

@@ -143,9 +143,15 @@ def predict_with_tta(predictor: Predictor, batch: np.ndarray, transforms: Sequen
 
 def model_predictor(model: keras.Model) -> Predictor:
     """A predictor calling `model` on one batch (deep-supervision models: the full-resolution
-    output)."""
+    output). A model built under a tf.distribute strategy of several replicas (training's) is
+    called directly: Keras' predict would split each batch over the replicas and workers."""
+    strategy = getattr(model, "distribute_strategy", None)
+    direct = strategy is not None and type(strategy).__name__ not in (
+        "_DefaultDistributionStrategy", "OneDeviceStrategy")
+
     def predict_batch(batch: np.ndarray) -> np.ndarray:
-        output = model.predict_on_batch(batch.astype(np.float32, copy=False))
+        batch = batch.astype(np.float32, copy=False)
+        output = model(batch, training=False) if direct else model.predict_on_batch(batch)
         if isinstance(output, dict):
             output = output["segmentation"]
         return np.asarray(keras.ops.convert_to_numpy(output), dtype=np.float32)

@@ -188,6 +188,35 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; on success it takes the place of `path`
+    (an existing `path` is moved aside first, deleted once the new one is in place, and put back
+    if the rename fails), on any error it is removed and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        if not path.exists():
+            publish(tmp, path)
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial-old",
+                                    dir=path.parent))
+        try:
+            os.replace(path, old)
+            try:
+                publish(tmp, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete the temporary files `temporary_path` made for `path` that a killed process left
     behind (only call it when no other process may be writing `path`); returns them."""

@@ -31,7 +31,7 @@ from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig
 from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, predict_volume
-from unet3d.io import Geometry, geometry_from_affine, write_nifti
+from unet3d.io import Geometry, write_nifti
 from unet3d.labels import DEFAULT_LABELS, brats_regions, check_labels
 from unet3d.logs import get_logger
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
@@ -181,6 +181,16 @@ def output_labels(card: ModelCard, config: PredictConfig, case_labels: Sequence[
 # Writing.
 
 
+def predicted_labels(probabilities: np.ndarray, target: str, labels: Sequence[int],
+                     config: PredictConfig) -> np.ndarray:
+    """The label map (uint8) of `probabilities` (x, y, z, k) as brats/predict.py writes it: by
+    `config.threshold`, without enhancing tumour below `config.min_et_voxels` voxels."""
+    label_map = probabilities_to_labels(probabilities, target, labels, config.threshold)
+    if config.min_et_voxels:
+        label_map = remove_small_enhancing(label_map, labels, config.min_et_voxels)
+    return label_map
+
+
 def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | os.PathLike,
                      target: str, labels: Sequence[int], config: PredictConfig,
                      names: Sequence[str] = ()) -> np.ndarray:
@@ -188,9 +198,7 @@ def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | 
     `geometry`), and with `config.probabilities` one float32 map per output beside it
     (`<case>_<name>.nii.gz`, `names` the outputs'). Returns the label map. Every file is
     written atomically."""
-    label_map = probabilities_to_labels(probabilities, target, labels, config.threshold)
-    if config.min_et_voxels:
-        label_map = remove_small_enhancing(label_map, labels, config.min_et_voxels)
+    label_map = predicted_labels(probabilities, target, labels, config)
     path = Path(path)
     if config.probabilities:
         stem = path.name[:-len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
@@ -305,6 +313,21 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
 # Cases of a data store (the validation run).
 
 
+def predict_store_case(model: keras.Model, store: DataStore, index: int, config: PredictConfig,
+                       image: np.ndarray | None = None) -> np.ndarray:
+    """Probabilities (x, y, z, k) of store case `index` (its `image` when already read) on the
+    case's native grid (`DataStore.native_grid`)."""
+    image = store.read_image(index) if image is None else image
+    return to_native_grid(predict_volume(model, image, config), store, index)
+
+
+def to_native_grid(volume: np.ndarray, store: DataStore, index: int) -> np.ndarray:
+    """A volume of store case `index` (x, y, z[, k]) put on the case's native grid (the stored
+    grid of legacy-layout stores)."""
+    info = store.case_info(index)
+    return volume if info is None else to_native_space(volume, info)
+
+
 def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConfig,
                         data_file: str | os.PathLike, keys_file: str | os.PathLike,
                         output_dir: str | os.PathLike, output_label_map: bool = True,
@@ -334,18 +357,13 @@ def _store_case(model: keras.Model, card: ModelCard, config: PredictConfig, stor
                 counter: str, progress: Callable[[str], None]) -> str:
     """One case of `predict_store_cases`; returns its folder."""
     start = time.monotonic()
-    image, info = store.read_image(index), store.case_info(index)
+    image, geometry = store.read_image(index), store.native_grid(index)
     folder = output_dir / store.subject_ids[index].replace(" ", "_")
-    probabilities = predict_volume(model, image, config)
+    probabilities = predict_store_case(model, store, index, config, image)
     volumes = {f"data_{m}": image[..., c] for c, m in enumerate(card.modalities)}
     if store.has_truth:
         volumes["truth"] = store.read_truth(index)
-    if info is None:  # the port's layout: the stored grid
-        geometry = geometry_from_affine(store.file.root.affine[index], image.shape[:3])
-    else:
-        geometry = info.original
-        volumes = {name: to_native_space(v, info) for name, v in volumes.items()}
-        probabilities = to_native_space(probabilities, info)
+    volumes = {name: to_native_grid(volume, store, index) for name, volume in volumes.items()}
     for name, volume in volumes.items():
         write_nifti(volume, geometry, folder / f"{name}.nii.gz")
     if output_label_map:

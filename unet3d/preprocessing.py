@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,7 +32,7 @@ import SimpleITK as sitk
 from unet3d.brats import MODALITIES, Case, find_cases
 from unet3d.config import from_plain, option, to_plain
 from unet3d.errors import InputError
-from unet3d.io import (Geometry, check_label_values, publish, read_image_set, to_sitk,
+from unet3d.io import (Geometry, atomic_folder, check_label_values, read_image_set, to_sitk,
                        write_nifti)
 from unet3d.logs import get_logger
 from unet3d.model_space import brain_mask
@@ -150,20 +148,11 @@ def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessCo
     Raises `InputError` as `correct_case` does.
     """
     images, label, geometry = correct_case(case, config)
-    out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".partial", dir=out_dir))
-    try:
+    with atomic_folder(Path(out_dir) / case.name) as tmp:
         for modality, image in images.items():
             write_nifti(image, geometry, tmp / f"{modality}.nii.gz", dtype=np.float32)
         if label is not None:
             write_nifti(label, geometry, tmp / f"{TRUTH_NAME}.nii.gz", dtype=np.uint8)
-        final = out_dir / case.name
-        if final.exists():
-            shutil.rmtree(final)
-        publish(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     corrected = [m for m in config.modalities if m in config.bias_correction]
     return (f"N4 on {', '.join(corrected) or 'none'}; "
             + ("labelled" if label is not None else "no label file (prediction only)"))

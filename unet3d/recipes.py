@@ -10,6 +10,7 @@ only turn flags into a `TrainConfig` (`unet3d.cli`).
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import keras
@@ -21,18 +22,19 @@ from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented 
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import is_chief, make_strategy, set_precision
 from unet3d.errors import InputError
+from unet3d.evaluation import format_summary
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
+from unet3d.io import remove_stale_temporaries
 from unet3d.labels import DEFAULT_LABELS, check_labels
 from unet3d.logs import get_logger
 from unet3d.losses import BCEDiceLoss, SoftDiceLoss
 from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss,
                             region_dice_metrics, weighted_dice_coefficient_loss)
-from unet3d.evaluation import format_summary
 from unet3d.model import isensee2017_model, load_old_model, model_divisors, unet_model_3d
 from unet3d.model.card import ModelCard, TrainingRecord
-from unet3d.runs import VALIDATION_DIR, claim_run, with_run_files
+from unet3d.runs import VALIDATION_DIR, check_run_cases, claim_run, with_run_files
 from unet3d.training import RunResult, make_schedule, run_training
-from unet3d.validation import CaseValidation, write_validation
+from unet3d.validation import CaseValidation, validated, write_validation
 
 
 def check_config(config: TrainConfig) -> None:
@@ -62,9 +64,13 @@ def check_config(config: TrainConfig) -> None:
         raise InputError(f"--validation_every {config.validation_every}, --validation_cases "
                          f"{config.validation_cases}: at least 1")
     watched = (config.lr_schedule == "plateau") or bool(config.early_stopping_patience)
-    if watched and config.validation_every > 1:
+    if watched and config.validation_every > 1 and config.validation == "cases":
         raise InputError("the plateau schedule and early stopping watch the validation score "
                          "every epoch: use --validation_every 1 with them")
+    if config.overwrite and os.environ.get("TF_CONFIG"):
+        raise InputError(f"--overwrite with several workers: a worker could resume the run in "
+                         f"{config.run_dir} while the chief removes it. Remove that folder (or "
+                         "choose another --run_dir) before starting the workers")
 
 
 def check_divisors(config: TrainConfig, sample: tuple[int, int, int] | None = None) -> None:
@@ -238,17 +244,22 @@ def train(config: TrainConfig) -> RunResult:
     _check_replicas(config, replicas)
     check_divisors(config)  # before the store is built: nothing is written for a bad patch
     chief = is_chief()
-    claim_run(config, chief)
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
-    config = dataclasses.replace(config, labels=tuple(config.labels or store.labels
-                                                      or DEFAULT_LABELS))
     try:
         if config.patch_shape is None:  # whole images of the store
             check_divisors(config, store.space.image_shape)
+        state = claim_run(config, chief)  # after the checks: --overwrite removes the old run
+        config = dataclasses.replace(config, labels=tuple(config.labels or store.labels
+                                                          or DEFAULT_LABELS))
         training, validation = get_validation_split(
             store, config.training_keys_file, config.validation_keys_file, config.data_split,
             seed=config.seed, save=chief)
+        settings["split"] = {name: [store.subject_ids[i] for i in cases]
+                             for name, cases in (("training", training),
+                                                 ("validation", validation))}
+        check_run_cases(state, settings["split"]["training"], settings["split"]["validation"],
+                        config)
         card, monitor = make_card(config, store), monitor_of(config, validation)
         validator = None
         if validation and config.validation == "cases":
@@ -278,18 +289,20 @@ def train(config: TrainConfig) -> RunResult:
 def finish_run(config: TrainConfig, store: DataStore, validation: list[int],
                validator: CaseValidation | None, result: RunResult) -> None:
     """Predict the validation cases with the best model and score them into
-    `<run_dir>/validation/` (skipped when a finished run was only rerun)."""
+    `<run_dir>/validation/` (skipped when it already holds those of this model)."""
     out_dir = Path(config.run_dir) / VALIDATION_DIR
     if validator is not None and validator.seconds:
         get_logger().info("whole-case validation: %.1f s per case (%d cases)",
                           sum(validator.seconds) / len(validator.seconds),
                           len(validator.cases))
-    if (result.resumed_from == result.epochs_done and (out_dir / "scores.csv").exists()) \
-            or not Path(config.model_file).exists():
+    cases = validation[:config.validation_cases]
+    about = {"model_file": str(config.model_file), "epochs_done": result.epochs_done,
+             "cases": [store.subject_ids[case] for case in cases]}
+    remove_stale_temporaries(out_dir)
+    if validated(out_dir) == about or not Path(config.model_file).exists():
         return
     get_logger().info("predicting the validation cases with the best model into %s", out_dir)
-    rows = write_validation(load_old_model(config.model_file, compile=False), store,
-                            validation[:config.validation_cases],
+    rows = write_validation(load_old_model(config.model_file, compile=False), store, cases,
                             validation_window(config, store), config.target, config.labels,
-                            out_dir, config.training_log)
+                            out_dir, config.training_log, about)
     get_logger().info(format_summary(rows))

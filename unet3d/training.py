@@ -102,10 +102,11 @@ def scaled_learning_rate(learning_rate: float, global_batch_size: int,
 
 # --------------------------------------------------------------------------- callbacks
 
-NAN_ADVICE = ("Rerun the same command to go on from it; if it happens again, try a lower "
-              "learning rate (--initial_learning_rate), --precision float32 (or mixed_bfloat16 "
-              "instead of mixed_float16), and check the data for NaNs (brats/preprocess.py "
-              "rejects them)")
+NAN_ADVICE = ("Rerun the same command (without --overwrite) to go on from it; if it happens "
+              "again, start the run over (--overwrite, or another --run_dir) with a lower "
+              "learning rate (--initial_learning_rate) or --precision float32 (or "
+              "mixed_bfloat16 instead of mixed_float16), and check the data for NaNs "
+              "(brats/preprocess.py rejects them)")
 
 
 class NaNGuard(keras.callbacks.Callback):

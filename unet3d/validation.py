@@ -1,12 +1,10 @@
 """Whole-case validation during training, scored as `brats/evaluate.py` scores.
 
 `CaseValidation` (a Keras callback) predicts the validation cases whole after an epoch (every
-`every` epochs and after the last one) with the project's own sliding-window inference
-(`unet3d.inference`), turns the probabilities into label maps (`unet3d.postprocessing`), puts
-both the prediction and the stored truth back on each case's native grid
-(`unet3d.model_space.to_native_space`) and computes the Dice of each region with
-`unet3d.evaluation` (`region_masks`, `dice`): the numbers `evaluate.py` gives for the same
-predictions. It adds `val_dice_wt`, `val_dice_tc`, `val_dice_et` (means over the cases) and
+`every` epochs and after the last one) as brats/predict.py does (`unet3d.prediction`:
+sliding windows, the probabilities put back on each case's native grid, then labelled), puts the
+stored truth on the same grid and computes the Dice of each region with `unet3d.evaluation`
+(`region_masks`, `dice`): the numbers `evaluate.py` gives for the same predictions. It adds `val_dice_wt`, `val_dice_tc`, `val_dice_et` (means over the cases) and
 their mean `val_dice_mean` to the epoch's logs, which the checkpoint uses to keep the best model.
 
 `write_validation` writes the validation cases' predictions, their truths and the evaluation's
@@ -15,9 +13,10 @@ reports into a folder (the run's `validation/`), as nnU-Net does at the end of t
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import keras
 import numpy as np
@@ -25,41 +24,27 @@ import numpy as np
 from unet3d.config import PredictConfig
 from unet3d.data import DataStore
 from unet3d.evaluation import dice, evaluate_folder, region_masks
-from unet3d.inference import model_predictor, predict_volume
-from unet3d.io import geometry_from_affine, write_nifti
+from unet3d.io import atomic_folder, write_nifti
 from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
-from unet3d.model import model_divisors
-from unet3d.model_space import to_native_space
-from unet3d.postprocessing import probabilities_to_labels
+from unet3d.prediction import predict_store_case, predicted_labels, to_native_grid
+
+#: The record of which model `write_validation` predicted with.
+VALIDATED = "validated.json"
 
 #: What the validation adds to an epoch's logs: the mean Dice of each region and their mean.
 DICE_KEYS = tuple(f"val_dice_{region}" for region in REGION_NAMES) + ("val_dice_mean",)
 
 
 def predict_case(model: keras.Model, store: DataStore, case: int, config: PredictConfig,
-                 target: str, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, object]:
-    """(prediction, truth) label maps of store case `case` on its native grid (the stored grid
-    for stores in the port's layout), and that grid."""
-    probabilities = predict_volume(_predictor(model), store.read_image(case), config,
-                                   max(model_divisors(model)))
-    prediction = probabilities_to_labels(probabilities, target, labels, config.threshold)
-    truth, info = store.read_truth(case), store.case_info(case)
-    if info is None:
-        return prediction, truth, geometry_from_affine(store.file.root.affine[case],
-                                                       truth.shape)
-    return to_native_space(prediction, info), to_native_space(truth, info), info.original
-
-
-def _predictor(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-    """Predict with `model` outside any distribution strategy: under one, Keras would split each
-    window batch over the replicas (and workers); calling the model reads its variables as is."""
-    strategy = getattr(model, "distribute_strategy", None)
-    if strategy is None or type(strategy).__name__ in ("_DefaultDistributionStrategy",
-                                                       "OneDeviceStrategy"):
-        return model_predictor(model)
-    return lambda batch: np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)),
-                                    np.float32)
+                 target: str, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, truth) label maps of store case `case` on its native grid
+    (`DataStore.native_grid`): the prediction as brats/predict.py makes it (probabilities put on
+    the grid, then labelled), the truth as the store holds it (the original labels for stores at
+    native resolution; for resampled stores, the stored labels resampled back)."""
+    probabilities = predict_store_case(model, store, case, config)
+    return (predicted_labels(probabilities, target, labels, config),
+            to_native_grid(store.read_truth(case), store, case))
 
 
 def score_cases(model: keras.Model, store: DataStore, cases: Sequence[int],
@@ -67,7 +52,7 @@ def score_cases(model: keras.Model, store: DataStore, cases: Sequence[int],
     """One row per case: {"case": subject id, "wt_dice": ..., "tc_dice": ..., "et_dice": ...}."""
     rows = []
     for case in cases:
-        prediction, truth, _ = predict_case(model, store, case, config, target, labels)
+        prediction, truth = predict_case(model, store, case, config, target, labels)
         truth_masks = region_masks(truth, labels, f"{store.path} case {case}")
         pred_masks = region_masks(prediction, labels, f"the prediction of case {case}")
         rows.append({"case": store.subject_ids[case],
@@ -98,6 +83,8 @@ class CaseValidation(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is None or ((epoch + 1) % self.every and epoch + 1 != self.n_epochs):
             return
+        if self.model.stop_training:  # a NaN loss stopped the epoch: it is not kept
+            return
         start = time.monotonic()
         rows = score_cases(self.model, self.store, self.cases, self.config, self.target,
                            self.labels)
@@ -107,18 +94,32 @@ class CaseValidation(keras.callbacks.Callback):
 
 def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
                      config: PredictConfig, target: str, labels: Sequence[int],
-                     out_dir: str | Path, training_log: str | Path | None = None) -> list[dict]:
+                     out_dir: str | Path, training_log: str | Path | None = None,
+                     about: dict | None = None) -> list[dict]:
     """Predict the validation `cases` with `model` into `out_dir/predictions/<case>.nii.gz` (on
     each case's native grid), write their truths to `out_dir/truths/<case>_seg.nii.gz`, and score
     them with `evaluate_folder` into `out_dir` (scores.csv, summary.csv, boxplot.png and, with
-    `training_log`, loss_graph.png). Returns the scores' rows."""
-    out_dir = Path(out_dir)
-    for count, case in enumerate(cases, start=1):
-        name = store.subject_ids[case].replace(" ", "_")
-        prediction, truth, geometry = predict_case(model, store, case, config, target, labels)
-        write_nifti(prediction, geometry, out_dir / "predictions" / f"{name}.nii.gz",
-                    dtype=np.uint8)
-        write_nifti(truth, geometry, out_dir / "truths" / f"{name}_seg.nii.gz", dtype=np.uint8)
-        get_logger().info(f"[{count}/{len(cases)}] validation case {name} predicted")
-    return evaluate_folder(out_dir / "predictions", out_dir / "truths", out_dir, labels=labels,
-                           training_log=training_log, overlays=False)
+    `training_log`, loss_graph.png); `about` (which model was validated) goes to
+    `out_dir/validated.json`. The folder is filled beside `out_dir` and takes its place when
+    complete: a killed run leaves the previous one whole. Returns the scores' rows."""
+    with atomic_folder(out_dir) as tmp:
+        for count, case in enumerate(cases, start=1):
+            name = store.subject_ids[case].replace(" ", "_")
+            prediction, truth = predict_case(model, store, case, config, target, labels)
+            grid = store.native_grid(case)
+            write_nifti(prediction, grid, tmp / "predictions" / f"{name}.nii.gz", dtype=np.uint8)
+            write_nifti(truth, grid, tmp / "truths" / f"{name}_seg.nii.gz", dtype=np.uint8)
+            get_logger().info(f"[{count}/{len(cases)}] validation case {name} predicted")
+        rows = evaluate_folder(tmp / "predictions", tmp / "truths", tmp, labels=labels,
+                               training_log=training_log, overlays=False)
+        (tmp / VALIDATED).write_text(json.dumps(about or {}, indent=1) + "\n")
+    return rows
+
+
+def validated(out_dir: str | Path) -> dict | None:
+    """What `write_validation` recorded in `out_dir` (None when it holds no validation)."""
+    path = Path(out_dir) / VALIDATED
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
