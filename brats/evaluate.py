@@ -2,12 +2,13 @@
 
     python brats/evaluate.py --prediction_dir predictions
         --truth_dir data/MICCAI_BraTS2020_TrainingData --output_dir evaluation
-        [--labels brats2020|brats2023] [--training_log training.log] [--nooverlays]
+        [--convention brats2024-gli] [--training_log training.log] [--nooverlays]
 
 Predictions are label maps <prediction_dir>/<case>.nii.gz on the native grid of their case (as
 brats/predict.py writes them); truths are found in any BraTS layout (<case>/<case>_seg.nii.gz,
 <case>-seg.nii.gz, preprocessed <case>/truth.nii.gz, or <case>_seg.nii.gz side by side). Scores
-whole tumour, tumour core and enhancing tumour; writes scores.csv (per case), summary.csv (mean,
+the regions of the truths' convention (whole tumour, tumour core and enhancing tumour; from 2024
+also the resection cavity and others, see unet3d/conventions.py); writes scores.csv (per case), summary.csv (mean,
 std, median, quartiles), boxplot.png, loss_graph.png (with --training_log) and overlays/<case>.png
 to --output_dir, logs to <output_dir>/evaluate.log, one progress line per case, and ends with a
 table of the mean Dice and HD95 per region. Exit status 2 for bad arguments or input.
@@ -19,7 +20,6 @@ from absl import flags
 
 from unet3d import cli
 
-from unet3d.brats import LABELS
 from unet3d.errors import InputError
 from unet3d.evaluation import evaluate_folder, format_summary
 from unet3d.logs import setup_logging
@@ -33,8 +33,10 @@ flags.DEFINE_string("truth_dir", None, "(required) Folder of the truths: BraTS c
                     "<case>/truth.nii.gz, or <case>_seg.nii.gz files.")
 flags.DEFINE_string("output_dir", None, "(required) Where to write scores.csv, summary.csv, "
                     "boxplot.png, overlays/ and evaluate.log (created if needed).")
-flags.DEFINE_enum("labels", "brats2020", sorted(LABELS), "Label convention: brats2020 (enhancing "
-                  "tumour 4, BraTS up to 2021) or brats2023 (enhancing tumour 3).")
+cli.define_convention_flag("The truths' BraTS release or task: its label values and scored "
+                           "regions (docs/real_brats_data.md; --labels of older versions still "
+                           "works). 'none': the one brats/preprocess.py recorded in --truth_dir, "
+                           "else detected from the file names and labels.", aliases=("labels",))
 flags.DEFINE_string("training_log", None, "Also plot loss and val_loss of this CSV training log "
                     "(training.log) into loss_graph.png.")
 flags.DEFINE_boolean("overlays", True, "Draw overlays/<case>.png: a FLAIR slice with truth and "
@@ -48,7 +50,7 @@ def main(argv):
     logger = setup_logging(output_dir / "evaluate.log")
     try:
         rows = evaluate_folder(FLAGS.prediction_dir, FLAGS.truth_dir, output_dir,
-                               labels=LABELS[FLAGS.labels], training_log=FLAGS.training_log,
+                               convention=FLAGS.convention, training_log=FLAGS.training_log,
                                overlays=FLAGS.overlays)
     except InputError as error:
         logger.error(f"error: {error}")

@@ -1,10 +1,12 @@
 """Write synthetic BraTS-format cases (NIfTI, real BraTS names) for tests, the demo and benchmarks.
 
     python brats/make_synthetic_data.py --out_dir DIR [--n_cases 8] [--shape 240,240,155]
-        [--seed 0] [--naming brats2020|brats2023] [--overwrite]
+        [--seed 0] [--convention brats2020] [--overwrite]
 
 Case k is drawn from seed (seed, k): the same seed writes the same bytes. Every 4th case has no
-enhancing tumour. See `unet3d.synthetic` for what the cases contain.
+enhancing tumour. --convention writes the cases of any BraTS release or task (names, modalities,
+labels, and what the task adds: a resection cavity, a cyst, several lesions); --naming of older
+versions still works. See `unet3d.synthetic` for what the cases contain.
 """
 
 import sys
@@ -23,10 +25,9 @@ flags.DEFINE_integer("n_cases", 8, "Number of cases to write (cases 1 to n_cases
 flags.DEFINE_string("shape", "240,240,155", "Grid size X,Y,Z in voxels, each at least 32; "
                     "BraTS' is 240,240,155. Small shapes such as 64,64,48 are fast.")
 flags.DEFINE_integer("seed", 0, "Random seed (non-negative); the same seed writes the same files.")
-flags.DEFINE_enum("naming", "brats2020", ["brats2020", "brats2023"],
-                  "File naming and label convention: brats2020 (BraTS20_Training_001_t1ce.nii.gz, "
-                  "enhancing tumour 4) or brats2023 (BraTS-GLI-00001-000-t1c.nii.gz, enhancing "
-                  "tumour 3).")
+cli.define_convention_flag("The release or task whose file names, modalities and labels the "
+                           "cases follow (docs/real_brats_data.md).", default="brats2020",
+                           aliases=("naming",))
 flags.DEFINE_bool("overwrite", False, "Replace case folders that already exist.")
 flags.mark_flag_as_required("out_dir")
 
@@ -39,7 +40,8 @@ def main(argv) -> int:
     del argv
     try:
         make_synthetic_brats(FLAGS.out_dir, n_cases=FLAGS.n_cases, shape=parse_shape(FLAGS.shape),
-                             seed=FLAGS.seed, naming=FLAGS.naming, overwrite=FLAGS.overwrite,
+                             seed=FLAGS.seed, convention=FLAGS.convention,
+                             overwrite=FLAGS.overwrite,
                              progress=report)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

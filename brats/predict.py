@@ -8,8 +8,9 @@
 Input cases are raw BraTS folders of any release (label files optional) or a folder written by
 brats/preprocess.py; they get the preprocessing the model's training cases had (its model card:
 N4, brain crop or the port's resampling, normalisation). Writes <output_dir>/<case>.nii.gz (BraTS
-submission naming, the input's grid and affine, labels 1/2/4, or 1/2/3 for BraTS 2023 naming),
-with --probabilities also <case>_{wt,tc,et}.nii.gz, one progress line per case, and the log to
+submission naming, the input's grid and affine, the labels of the model's convention, or of
+--convention for the same tissues), with --probabilities also one map per output
+(<case>_{wt,tc,et}.nii.gz, ...), one progress line per case, and the log to
 <output_dir>/predict.log. The window is the training patch the card records. A model without a
 card needs --modalities, --target and --patch_shape (or --whole_volume). Rerunning skips finished
 cases (--overwrite redoes them). Exit status 1 if a case failed (the others are written), 2 for

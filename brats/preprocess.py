@@ -3,8 +3,10 @@
     python brats/preprocess.py --brats_dir data/MICCAI_BraTS2020_TrainingData
         --out_dir data/preprocessed --data_file brats_data.h5 --workers 2
 
-Finds the cases of any BraTS release under --brats_dir, writes
-<out_dir>/<case>/{t1,t1ce,flair,t2,truth}.nii.gz on the original grid, one progress line per case,
+Finds the cases of any BraTS release or task under --brats_dir (the convention is detected from
+the file names, and where two releases share them from the label values; --convention overrides
+it), writes <out_dir>/<case>/{t1,t1ce,flair,t2,truth}.nii.gz (the convention's modalities, or
+--modalities) on the original grid, one progress line per case,
 and logs to <out_dir>/preprocess.log. The N4 settings are flags of `PreprocessConfig`
 (unet3d/preprocessing.py); they are recorded in <out_dir>/preprocess.json, then in the data store
 and the model card of models trained on it. Rerunning the same command resumes: finished cases are
@@ -38,6 +40,8 @@ flags.DEFINE_boolean("full_quality_n4", False, "Start from the slower, finer N4 
                      + ") instead of the fast defaults.")
 cli.define_flags(PreprocessConfig, PreprocessConfig())
 cli.define_flags(TrainConfig, TrainConfig(), only=("image_shape",))
+cli.define_convention_flag("The BraTS release or task of the cases (docs/real_brats_data.md). "
+                           "'none': detected from the file names and labels.")
 flags.adopt_module_key_flags(cli)  # --helpshort lists them
 flags.mark_flags_as_required(["brats_dir", "out_dir"])
 
@@ -59,7 +63,7 @@ def main(argv) -> int:
                 if FLAGS.full_quality_n4 else PreprocessConfig())
         config = cli.config_from_flags(PreprocessConfig, base)
         report = preprocess_brats(FLAGS.brats_dir, out_dir, config, workers=FLAGS.workers,
-                                  overwrite=FLAGS.overwrite)
+                                  overwrite=FLAGS.overwrite, convention=FLAGS.convention)
         logger.info(f"preprocessed {len(report.done)}, skipped {len(report.skipped)} (already "
                     f"done), failed {len(report.failed)}; log: {out_dir / 'preprocess.log'}")
         if report.failed:
@@ -72,7 +76,7 @@ def main(argv) -> int:
         if FLAGS.data_file:
             logger.info(f"writing the data store {FLAGS.data_file}")
             write_store_from_folder(out_dir, FLAGS.data_file, image_shape=FLAGS.image_shape,
-                                    labels=report.labels)
+                                    convention=report.convention)
             logger.info(f"data store written: {FLAGS.data_file}")
     except InputError as error:
         logger.error(f"error: {error}")

@@ -30,6 +30,13 @@ def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.Comple
                           capture_output=True, text=True, timeout=timeout)
 
 
+def touch(folder: Path, *names: str) -> None:
+    """Create empty files `names` in `folder` (made if needed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
 def channel_model(n_channels: int = 4, n_outputs: int = 3,
                   spatial: tuple = (None, None, None)) -> keras.Model:
     """A model whose output k is input channel k (a 1x1x1 convolution), fully convolutional
@@ -45,7 +52,8 @@ def channel_model(n_channels: int = 4, n_outputs: int = 3,
 def card_of(**changes) -> ModelCard:
     """A model card of a region model on the four BraTS modalities, 16^3 windows, brain crop,
     N4 not recorded; `changes` replace its fields."""
-    values = dict(model="isensee2017", modalities=MODALITIES, target="regions", labels=(1, 2, 4),
+    values = dict(model="isensee2017", modalities=MODALITIES, target="regions",
+                  convention="brats2020", labels=(1, 2, 4),
                   patch_shape=(16, 16, 16), space=ModelSpace(), preprocessing=None, spacing=None,
                   training=None)
     return ModelCard(**{**values, **changes})

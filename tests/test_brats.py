@@ -1,17 +1,11 @@
 """Finding BraTS cases of every release naming on disk."""
 
-from pathlib import Path
 
 import pytest
 
+from helpers import touch
 from unet3d.brats import MODALITIES, case_file_name, classify_file, find_cases
 from unet3d.errors import InputError
-
-
-def touch(folder: Path, *names: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        (folder / name).write_bytes(b"")
 
 
 def test_brats2020_naming(tmp_path):
@@ -23,7 +17,7 @@ def test_brats2020_naming(tmp_path):
     assert case.images["t1ce"].name == "BraTS20_Training_001_t1ce.nii.gz"
     assert case.images["t1"].name == "BraTS20_Training_001_t1.nii.gz"
     assert case.label.name == "BraTS20_Training_001_seg.nii.gz"
-    assert case.labels == (1, 2, 4)
+    assert case.candidates == ("brats2020",) and case.labels == (1, 2, 4)
     assert [p.name for p in case.files()] == [
         f"BraTS20_Training_001_{m}.nii.gz" for m in (*MODALITIES, "seg")]
 
@@ -53,7 +47,7 @@ def test_brats2023_naming_uses_label_3(tmp_path):
     case = "BraTS-GLI-00000-000"
     touch(tmp_path / case, *(f"{case}-{m}.nii.gz" for m in ("t1n", "t1c", "t2w", "t2f", "seg")))
     (found,) = find_cases(tmp_path)
-    assert found.naming == "brats2023" and found.labels == (1, 2, 3)
+    assert found.candidates == ("brats2023-gli", "brats2024-gli")
     assert {m: p.name for m, p in found.images.items()} == {
         "t1": f"{case}-t1n.nii.gz", "t1ce": f"{case}-t1c.nii.gz",
         "t2": f"{case}-t2w.nii.gz", "flair": f"{case}-t2f.nii.gz"}

@@ -35,7 +35,7 @@ def test_training_writes_the_card_into_the_model(trained, store_path):
     assert card.spacing == (1.0, 1.0, 1.0)  # the synthetic cases' voxels
     assert card.preprocessing is None  # that store was written from raw files: N4 not recorded
     assert card.training.data_file == trained.data_file
-    assert card.training.settings == to_plain(dataclasses.replace(trained, labels=(1, 2, 4)))
+    assert card.training.settings == to_plain(dataclasses.replace(trained, convention="brats2020"))
     with zipfile.ZipFile(trained.model_file) as archive:  # inside the .keras file itself
         inside = json.loads(archive.read(CARD_MEMBER))
     assert inside == json.loads(card_path(trained.model_file).read_text())
@@ -80,7 +80,7 @@ def test_the_exported_copy_carries_the_card(trained, synthetic_brats, tmp_path):
     old.parent.mkdir()
     channel_model().save(old)
     card_path(old).write_text(json.dumps({
-        **to_plain(preset("paper", patch_shape=(16, 16, 16), labels=(1, 2, 4))),
+        **to_plain(preset("paper", patch_shape=(16, 16, 16))), "labels": [1, 2, 4],
         "modalities": list(MODALITIES), "model_file": "old.keras",
         "training_keys_file": "training_ids.pkl", "validation_keys_file": "validation_ids.pkl"}))
     exported_old = export_model(old, tmp_path / "exported_old")
@@ -221,7 +221,8 @@ def embed_text(path, text: str) -> None:
     (lambda d: {**d, "schema_version": SCHEMA_VERSION + 1}, "upgrade unet3d"),
     (lambda d: {**d, "schema_version": "1"}, "schema_version '1' is not a schema number"),
     (lambda d: {**d, "modalities": ["t1", "t1ce", "flair", "xx"]}, "not distinct modalities"),
-    (lambda d: {**d, "labels": [1, 2, 300]}, "labels 1,2,300: label values are distinct"),
+    (lambda d: {**d, "labels": [1, 2, 300]}, r"labels \[1, 2, 300\] are not those of conven"),
+    (lambda d: {**d, "convention": "brats1999"}, "convention 'brats1999' is not one of"),
     (lambda d: {**d, "target": "blobs"}, "target 'blobs' is not one of"),
     (lambda d: {**d, "patch_shape": [16, 0, 16]}, "patch_shape .16, 0, 16. is not three"),
     (lambda d: {k: v for k, v in d.items() if k != "target"}, "misses target"),

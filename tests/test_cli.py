@@ -80,11 +80,13 @@ def test_given_flags_replace_the_presets_values_and_only_those():
     config = parsed("--patch_shape", "64,64,64", "--labels", "brats2023", "--noaugment",
                     "--verbose", "2", "--early_stopping_patience", "none", "--n_epochs=7",
                     base=legacy)
-    assert config == dataclasses.replace(legacy, patch_shape=(64, 64, 64), labels=(1, 2, 3),
+    assert config == dataclasses.replace(legacy, patch_shape=(64, 64, 64),
+                                         convention="brats2023-gli",
                                          augment=False, verbose=2, early_stopping_patience=None,
                                          n_epochs=7)
     assert parsed() == preset("paper")
-    assert parsed("--labels", "1,2,4", "--verbose", "auto").labels == (1, 2, 4)
+    assert parsed("--labels", "1,2,4", "--verbose", "auto").convention == "brats2020"
+    assert parsed("--convention", "brats2024-gli").convention == "brats2024-gli"
 
 
 @pytest.mark.parametrize("args, message", [

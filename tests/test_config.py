@@ -55,7 +55,8 @@ def test_settings_round_trip_through_json(settings):
 
 
 def test_nested_settings_round_trip():
-    card = ModelCard(model="unet3d", modalities=("t1",), target="labels", labels=(1, 2),
+    card = ModelCard(model="unet3d", modalities=("t1",), target="labels",
+                     convention="labels-1-2", labels=(1, 2),
                      patch_shape=None, space=ModelSpace(image_shape=(8, 8, 8)),
                      preprocessing=PreprocessConfig(), spacing=(1.0, 2.0, 3.0), training=None)
     assert from_plain(ModelCard, to_plain(card), "card.json") == card
@@ -74,7 +75,7 @@ def test_a_renamed_setting_is_an_error_not_a_default():
 def test_values_of_the_wrong_type_are_errors():
     """JSON written by hand or by another program: a string where sizes belong, a boolean where
     a number belongs (Python counts True as 1)."""
-    for name, value in (("patch_shape", "32"), ("n_epochs", True), ("labels", [1, "2", 4]),
+    for name, value in (("patch_shape", "32"), ("n_epochs", True), ("convention", ["brats2020"]),
                         ("initial_learning_rate", "5e-4")):
         plain = {**to_plain(TrainConfig()), name: value}
         with pytest.raises(InputError, match=f"wrong type: {name} = "):

@@ -157,9 +157,9 @@ def test_region_masks_for_both_label_conventions():
 
 def test_unknown_label_values_are_input_errors():
     with pytest.raises(InputError,
-                       match=r"seg\.nii\.gz holds label values \[3\].*use labels 1, 2, 3"):
+                       match=r"seg\.nii\.gz holds label values \[3\] that brats2020 does not have.*brats2023-gli"):
         region_masks(np.array([0, 1, 3]), (1, 2, 4), name="seg.nii.gz")
-    with pytest.raises(InputError, match=r"\[4\].*use labels 1, 2, 4"):
+    with pytest.raises(InputError, match=r"\[4\] that brats2023-gli does not have.*brats2020"):
         region_masks(np.array([0, 4]), (1, 2, 3))
     truth = np.zeros((4, 4, 4), dtype=np.uint8)
     with pytest.raises(InputError, match=r"p\.nii\.gz holds label values \[5, 7\]"):
@@ -374,8 +374,8 @@ def test_brats2023_labels(tmp_path):
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     shutil.copy(truth_dir / case / f"{case}-seg.nii.gz", predictions / f"{case}.nii.gz")
-    rows = evaluate_folder(predictions, truth_dir, tmp_path / "out", labels=(1, 2, 3))
+    rows = evaluate_folder(predictions, truth_dir, tmp_path / "out")  # detected: brats2023-gli
     assert rows[0]["et_dice"] == 1.0 and rows[0]["et_hd95"] == 0.0
     assert_png(tmp_path / "out" / "overlays" / f"{case}.png")
-    with pytest.raises(InputError, match=r"\[3\].*use labels 1, 2, 3"):
-        evaluate_folder(predictions, truth_dir, tmp_path / "out", labels=(1, 2, 4))
+    with pytest.raises(InputError, match=r"\[3\] that brats2020 does not have.*brats2023-gli"):
+        evaluate_folder(predictions, truth_dir, tmp_path / "out", convention="brats2020")

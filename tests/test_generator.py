@@ -195,6 +195,8 @@ def test_legacy_default_labels_are_one_to_n_labels(store, tmp_path):
     np.testing.assert_array_equal(targets[0], one_hot(truth, (1, 2, 3)))
     with pytest.raises(InputError, match="n_labels"):
         get_training_and_validation_generators(store, 1, 3, *keys(tmp_path), labels=(1, 2))
+    with pytest.raises(InputError, match="unknown convention 'brats1999'"):
+        get_training_and_validation_generators(store, 1, 3, *keys(tmp_path), labels="brats1999")
 
 
 def test_legacy_permute(store, tmp_path):

@@ -90,12 +90,12 @@ def test_regions_to_labels_thresholds_probabilities():
 
 
 def test_bad_label_triples_and_shapes_raise():
-    for bad in [(1, 2), (1, 1, 4), (0, 1, 2), (1, 2, 3, 4)]:
+    for bad in [(), (1, 1, 4), (0, 1, 2), (1, 2, 300), "brats1999"]:
         with pytest.raises(InputError):
             labels_to_regions(HAND, bad)
         with pytest.raises(InputError):
             regions_to_labels(np.zeros((2, 2, 2, 3)), bad)
-    with pytest.raises(InputError, match="3 channels"):
+    with pytest.raises(InputError, match="3 region channels"):
         regions_to_labels(np.zeros((2, 2, 2, 2)))
 
 

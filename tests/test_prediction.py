@@ -116,26 +116,29 @@ def test_validation_run_writes_native_space_cases(store_path, cases, tmp_path):
 
 @pytest.mark.parametrize("target", ["regions", "labels"])
 def test_brats2023_cases_get_enhancing_tumour_as_label_3(tmp_path, target):
-    """Whatever the labels of its training data (1, 2, 4 here), a model writes each case in the
-    case's own release convention: regions and one output per label alike."""
+    """A model writes its own convention's labels (brats2020: ET 4) on cases of another with the
+    same modalities (BraTS 2023 names), saying so; --convention brats2023-gli writes theirs (ET
+    3): regions and one output per label alike."""
     from unet3d.synthetic import make_synthetic_brats
 
     make_synthetic_brats(tmp_path / "cases", n_cases=1, shape=(64, 64, 48), seed=3,
                          naming="brats2023")
     model_file = write_model(tmp_path, channel_model(), target=target, labels=(1, 2, 4))
+    lines = []
     report = predict_cases(model_file, tmp_path / "cases", tmp_path / "out",
-                           PredictConfig(bias_correction=False))
+                           PredictConfig(bias_correction=False), progress=lines.append)
     labels, _ = read_nifti(tmp_path / "out" / f"{report.done[0]}.nii.gz")
-    assert 3 in labels and 4 not in labels
-    forced = predict_cases(model_file, tmp_path / "cases", tmp_path / "forced",
-                           PredictConfig(bias_correction=False, labels=(1, 2, 4)))
-    labels, _ = read_nifti(tmp_path / "forced" / f"{forced.done[0]}.nii.gz")
     assert 4 in labels and 3 not in labels
+    assert any("the cases are brats2023-gli or brats2024-gli, the model brats2020" in line for line in lines)
+    forced = predict_cases(model_file, tmp_path / "cases", tmp_path / "forced",
+                           PredictConfig(bias_correction=False, convention="brats2023-gli"))
+    labels, _ = read_nifti(tmp_path / "forced" / f"{forced.done[0]}.nii.gz")
+    assert 3 in labels and 4 not in labels
 
 
 @pytest.mark.parametrize("config, message", [
-    (PredictConfig(labels=(1, 2)), "--labels 1,2: 3 values needed"),
-    (PredictConfig(labels=(1, 2, 300)), "--labels 1,2,300: label values are distinct integers"),
+    (PredictConfig(convention="brats2024-men-rt"), "brats2024-men-rt has no label for brats2020's"),
+    (PredictConfig(convention="brats1999"), "unknown convention 'brats1999'"),
     (PredictConfig(threshold=7.0), "--threshold 7.0: a probability"),
     (PredictConfig(min_et_voxels=-5), "--min_et_voxels -5"),
     (PredictConfig(whole_volume=True, patch_shape=(16, 16, 16)), "exclude each other"),

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from helpers import run_script
+from unet3d.brats import MODALITIES
+from unet3d.conventions import CONVENTIONS
 from unet3d.errors import InputError
 from unet3d.io import read_nifti, write_nifti
 from unet3d.data import DataStore, write_store_from_folder
@@ -53,7 +55,8 @@ def test_preprocess_writes_legacy_layout_on_the_original_grid(brats_copy, tmp_pa
     lines = []
     report = preprocess_brats(brats_copy, out, workers=1, progress=lines.append)
     assert sorted(report.done) == [f"BraTS20_Training_00{i}" for i in range(1, 5)]
-    assert not report.failed and len(lines) == 4 and "[1/4]" in lines[0]
+    assert not report.failed and len(lines) == 5 and "[1/4]" in lines[1]
+    assert lines[0].startswith("4 case(s) of brats2020 (BraTS 2020)") and "detected" in lines[0]
     files = case_files(brats_copy, "BraTS20_Training_001")
     folder = out / "BraTS20_Training_001"
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -72,11 +75,13 @@ def test_preprocess_writes_legacy_layout_on_the_original_grid(brats_copy, tmp_pa
     assert geometry == seg_geometry and t1_out.dtype == np.float32
     assert not np.allclose(t1_in, t1_out) and np.all(t1_out[t1_in == 0] == 0)
     # the settings are recorded, and a store of the folder carries them to the model card
-    assert read_preprocess_config(out) == (PreprocessConfig(), (1, 2, 4))
+    resolved = PreprocessConfig(modalities=MODALITIES)  # the convention's modalities
+    assert read_preprocess_config(out) == (resolved, CONVENTIONS["brats2020"])
     assert read_preprocess_config(brats_copy) == (None, None)
     with DataStore(write_store_from_folder(out, tmp_path / "store.h5",
                                            progress=lambda line: None)) as store:
-        assert store.preprocessing == PreprocessConfig() and store.labels == (1, 2, 4)
+        assert store.preprocessing == resolved and store.labels == (1, 2, 4)
+        assert store.convention == CONVENTIONS["brats2020"]
 
 
 def test_preprocess_resumes_and_overwrites(brats_copy, tmp_path):

@@ -598,7 +598,7 @@ def nothing_written(folder: Path, present=("data.h5",)) -> bool:
     (dict(data_file="missing.h5"), "missing.h5 does not exist.*--preprocessed_dir"),
     (dict(data_file="built.h5", preprocessed_dir="cases", patch_shape=(40, 40, 40)),
      "--patch_shape 40,40,40"),
-    (dict(labels=(1, 2, 300)), "--labels 1,2,300: label values are distinct integers"),
+    (dict(convention="brats1999"), "unknown convention 'brats1999'"),
     (dict(data_file="store40.h5", patch_shape=None, random_patches=False, batch_size=1),
      "the store's image shape 40,40,40: every size must be divisible by 16"),
 ], ids=["patch", "data_file", "patch_before_building_the_store", "labels", "whole_images"])

@@ -51,7 +51,6 @@ def test_the_final_validation_is_replaced_whole_and_redone_for_a_new_best_model(
     predictions), and is redone on the next run, unless the folder holds that model's."""
     from unet3d import recipes, validation
     from unet3d.data import DataStore
-    from unet3d.labels import DEFAULT_LABELS
     from unet3d.splits import load_keys
     from unet3d.training import RunResult
 
@@ -65,7 +64,7 @@ def test_the_final_validation_is_replaced_whole_and_redone_for_a_new_best_model(
         raise KeyboardInterrupt
 
     with DataStore(config.data_file) as store:
-        config = dataclasses.replace(config, labels=store.labels or DEFAULT_LABELS)
+        config = dataclasses.replace(config, convention=store.convention.name)
         cases = load_keys(config.validation_keys_file, store)
         recipes.finish_run(config, store, cases, None, RunResult([], 3, 0))
         first = contents()

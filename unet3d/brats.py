@@ -1,16 +1,19 @@
-"""BraTS conventions: modality and label names of every release, and finding cases on disk.
+"""Finding BraTS cases on disk, and telling which release or task they are.
 
-Releases name the same four MRI sequences differently:
+Releases name the same MRI sequences differently; this package calls them t1, t1ce, t2, flair
+(the legacy port's names), whatever the files say:
 
-| sequence | 2017 TCGA        | 2018-2021 | 2023+  | preprocessed (this package) |
-|----------|------------------|-----------|--------|-----------------------------|
-| T1       | `_t1`            | `_t1`     | `-t1n` | `t1`                        |
-| T1 + Gd  | `_t1Gd`          | `_t1ce`   | `-t1c` | `t1ce`                      |
-| T2       | `_t2`            | `_t2`     | `-t2w` | `t2`                        |
-| FLAIR    | `_flair`         | `_flair`  | `-t2f` | `flair`                     |
-| labels   | `_GlistrBoost*`  | `_seg`    | `-seg` | `truth`                     |
+| sequence | 2017 TCGA        | 2018-2021 | 2023+  | MSD Task01 (one 4D file) | preprocessed |
+|----------|------------------|-----------|--------|--------------------------|--------------|
+| T1       | `_t1`            | `_t1`     | `-t1n` | channel 1                | `t1`         |
+| T1 + Gd  | `_t1Gd`          | `_t1ce`   | `-t1c` | channel 2                | `t1ce`       |
+| T2       | `_t2`            | `_t2`     | `-t2w` | channel 3                | `t2`         |
+| FLAIR    | `_flair`         | `_flair`  | `-t2f` | channel 0                | `flair`      |
+| labels   | `_GlistrBoost*`  | `_seg`    | `-seg` (`-gtv` MEN-RT) | `labelsTr/`  | `truth`      |
 
-Labels: 1 necrosis / non-enhancing core, 2 oedema, enhancing tumour 4 (3 from BraTS 2023 on).
+The conventions themselves (file names, case ids, label values, regions) are data in
+`unet3d.conventions`; `find_cases` finds the files and `detect_convention` decides which entry a
+folder follows.
 """
 
 from __future__ import annotations
@@ -20,29 +23,29 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
+
+from unet3d.conventions import CONVENTIONS, DEFAULT_CONVENTION, Convention, get_convention
 from unet3d.errors import InputError
+from unet3d.io import Geometry, read_image_set, read_nifti, read_nifti_channels
+from unet3d.logs import get_logger
 
 #: Channel order of preprocessed data and of the store (the legacy port's BraTS config).
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "flair", "t2")
-
-#: Foreground label values (necrosis, oedema, enhancing tumour) per label convention.
-LABELS: dict[str, tuple[int, int, int]] = {"brats2020": (1, 2, 4), "brats2023": (1, 2, 3)}
-
-#: File-name suffix of each modality and of the label map, per naming convention.
-SUFFIXES: dict[str, dict[str, str]] = {
-    "brats2020": {"t1": "_t1", "t1ce": "_t1ce", "t2": "_t2", "flair": "_flair", "seg": "_seg"},
-    "brats2023": {"t1": "-t1n", "t1ce": "-t1c", "t2": "-t2w", "flair": "-t2f", "seg": "-seg"},
-}
+MODALITIES: tuple[str, ...] = CONVENTIONS["brats2020"].modalities
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 
+DEFAULT = CONVENTIONS[DEFAULT_CONVENTION]
 
-def case_file_name(case: str, key: str, naming: str = "brats2020") -> str:
-    """File name of modality (or "seg") `key` of `case` under a naming convention."""
-    if naming not in SUFFIXES:
-        raise InputError(f"unknown naming {naming!r}; choose one of {sorted(SUFFIXES)}")
-    return f"{case}{SUFFIXES[naming][key]}.nii.gz"
+#: Folders of the Medical Segmentation Decathlon layout (4D images, labels apart).
+MSD_IMAGES, MSD_LABELS = ("imagesTr", "imagesTs"), "labelsTr"
+
+
+def case_file_name(case: str, key: str, convention: str = "brats2020") -> str:
+    """File name of modality (or "seg") `key` of `case` under a convention."""
+    return get_convention(convention).case_file(case, key)
 
 # Tokens that end a file name (before the extension), lower-cased, mapped to what they hold.
 # Longer tokens first so that "t1ce" is not read as "t1".
@@ -51,6 +54,7 @@ _TOKENS: dict[str, str] = {
     "glistrboost": "label",
     "segm": "label",
     "seg": "label",
+    "gtv": "label",
     "truth": "label",
     "t1ce": "t1ce",
     "t1gd": "t1ce",
@@ -63,36 +67,56 @@ _TOKENS: dict[str, str] = {
     "flair": "flair",
 }
 _TOKEN_PATTERN = re.compile(r"(?:^|[_\-.])(" + "|".join(_TOKENS) + r")$")
-_BRATS2023_TOKENS = {"t1n", "t1c", "t2w", "t2f"}
 # When a folder holds two label files, the manually corrected one wins (2017 TCGA releases).
 _LABEL_PRIORITY = {"glistrboost_manuallycorrected": 2}
 
 
+def _tokens(convention: Convention) -> set[str]:
+    """The name endings of a convention's modality files, e.g. {"t1n", "t1c", "t2w", "t2f"}."""
+    return {suffix.lstrip("_-").lower() for key, suffix in convention.files.items()
+            if key != "seg"}
+
+
 @dataclass
 class Case:
-    """One BraTS case found on disk: its name, modality files and optional label file."""
+    """One BraTS case found on disk: its name, modality files and optional label file.
+
+    candidates: the conventions its id and file names fit (`unet3d.conventions`), in order of
+        preference; convention: the one its folder follows, set by `detect_convention`.
+    channels: for a 4D file holding every modality (the MSD layout), the channel of each.
+    """
 
     name: str
     directory: Path
     images: dict[str, Path] = field(default_factory=dict)
     label: Path | None = None
-    naming: str = "brats2020"
+    candidates: tuple[str, ...] = ()
+    convention: str | None = None
+    channels: dict[str, int] | None = None
 
     @property
-    def labels(self) -> tuple[int, int, int]:
-        """Foreground label values of this case's release (ET is 3 from BraTS 2023 on)."""
-        return LABELS[self.naming]
+    def labels(self) -> tuple[int, ...]:
+        """The label values of this case's convention."""
+        return get_convention(self.convention or "brats2020").values
 
-    def check(self, modalities: tuple[str, ...] = MODALITIES) -> None:
+    @property
+    def session(self) -> str | None:
+        """"pre-operative" / "post-operative" where the convention's case ids say it."""
+        return get_convention(self.convention).session(self.name) if self.convention else None
+
+    def check(self, modalities: Sequence[str] = MODALITIES) -> None:
         """Raise `InputError` naming the case and the missing files if a modality is absent."""
         missing = [m for m in modalities if m not in self.images]
         if missing:
-            example = ", ".join(case_file_name(self.name, m, self.naming) for m in missing)
+            convention = get_convention(self.convention or (self.candidates or ("brats2020",))[0])
+            names = ", ".join(convention.case_file(self.name, m) for m in missing
+                              if m in convention.files)
+            example = f"; expected a file named like {names}" if names else ""
             raise InputError(
-                f"case {self.name} ({self.directory}): missing modality {', '.join(missing)}; "
-                f"expected a file named like {example}. Add it or move the case out of the folder.")
+                f"case {self.name} ({self.directory}): missing modality {', '.join(missing)}"
+                f"{example}. Add it or move the case out of the folder.")
 
-    def files(self, modalities: tuple[str, ...] = MODALITIES) -> tuple[Path, ...]:
+    def files(self, modalities: Sequence[str] = MODALITIES) -> tuple[Path, ...]:
         """Modality files in `modalities` order, then the label file if there is one."""
         self.check(modalities)
         return tuple(self.images[m] for m in modalities) + ((self.label,) if self.label else ())
@@ -126,9 +150,10 @@ def classify_file(name: str) -> tuple[str, str, str] | None:
 def _case_from_files(name: str, directory: Path, files: list[tuple[Path, str, str]]) -> Case:
     images: dict[str, Path] = {}
     labels: list[tuple[int, Path]] = []
-    tokens = set()
+    tokens = set()  # of the modality files named by a release (not this package's t1.nii.gz)
     for path, what, token in files:
-        tokens.add(token)
+        if what != "label" and _strip_nifti_extension(path.name).lower() != token:
+            tokens.add(token)
         if what == "label":
             labels.append((_LABEL_PRIORITY.get(token, 1), path))
             continue
@@ -143,8 +168,33 @@ def _case_from_files(name: str, directory: Path, files: list[tuple[Path, str, st
             raise InputError(f"case {name} ({directory}): two label files: {labels[0][1].name} "
                              f"and {labels[1][1].name}; keep one of them")
         label = labels[0][1]
-    naming = "brats2023" if tokens & _BRATS2023_TOKENS else "brats2020"
-    return Case(name=name, directory=directory, images=images, label=label, naming=naming)
+    return Case(name=name, directory=directory, images=images, label=label,
+                candidates=candidates(name, tokens))
+
+
+def candidates(name: str, tokens: set[str], layout: str = "folders") -> tuple[str, ...]:
+    """The conventions whose case-id pattern `name` fits and whose modality files use
+    `tokens` (the name endings, e.g. {"t1c", "t2f"}; label files are not compared)."""
+    return tuple(c.name for c in CONVENTIONS.values()
+                 if c.layout == layout and re.fullmatch(c.case_pattern, name)
+                 and tokens <= _tokens(c))
+
+
+def _msd_cases(images: Path) -> list[Case]:
+    """The cases of a Medical Segmentation Decathlon images folder (`imagesTr/` or `imagesTs/`):
+    `<case>.nii.gz` (4D, every modality), labelled by `../labelsTr/<case>.nii.gz` if it exists."""
+    cases = []
+    for path in sorted(images.glob("*.nii*")):
+        name = _strip_nifti_extension(path.name)
+        if name is None or name.startswith("."):
+            continue
+        label = images.parent / MSD_LABELS / path.name
+        found = candidates(name, set(), "msd")
+        channels = {m: k for k, m in enumerate(
+            get_convention(found[0] if found else "msd-task01").modalities)}
+        cases.append(Case(name, images, {m: path for m in channels},
+                          label if label.is_file() else None, found, channels=channels))
+    return cases
 
 
 def find_cases(root: str | os.PathLike) -> list[Case]:
@@ -152,15 +202,21 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
 
     A folder holding modality files is one case named after the folder (nested `HGG/` and `LGG/`
     folders of BraTS 2018 are searched too). A folder holding several files of one modality is a
-    flat layout: its files are grouped into cases by the name before the modality suffix. Cases
-    without a label file are returned with `label=None` (they can be predicted, not trained on).
-    Missing modalities are not checked here: call `Case.check`.
+    flat layout: its files are grouped into cases by the name before the modality suffix (a label
+    file alone is a case without modalities). Cases without a label file are returned with
+    `label=None` (they can be predicted, not trained on). Missing modalities are not checked
+    here: call `Case.check`. A Decathlon folder gives the cases of `imagesTr/` (labelled); its
+    `imagesTs/` folder, given itself, gives the unlabelled ones.
 
     Raises `InputError` when `root` does not exist or holds no case.
     """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root}: no such folder; pass the folder that holds the BraTS cases")
+    if (root / MSD_IMAGES[0]).is_dir():
+        return _unique(_msd_cases(root / MSD_IMAGES[0]), root)
+    if root.name in MSD_IMAGES:
+        return _unique(_msd_cases(root), root)
     cases: list[Case] = []
     for directory, subdirectories, names in os.walk(root):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
@@ -172,25 +228,30 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
             found = classify_file(name)
             if found is not None:
                 classified.append((directory / name, *found))
-        if not any(what != "label" for _, what, _, _ in classified):
+        if not classified:
             continue
         modality_counts = Counter(what for _, what, _, _ in classified if what != "label")
-        if max(modality_counts.values()) == 1:
+        if modality_counts and max(modality_counts.values()) == 1:
             cases.append(_case_from_files(directory.name, directory,
                                           [(p, w, t) for p, w, t, _ in classified]))
             continue
         groups: dict[str, list[tuple[Path, str, str]]] = {}
         for path, what, token, prefix in classified:
             groups.setdefault(prefix.rstrip("_-."), []).append((path, what, token))
-        for prefix, files in sorted(groups.items()):
-            if any(what != "label" for _, what, _ in files):
-                cases.append(_case_from_files(prefix or directory.name, directory, files))
+        for prefix, files in sorted(groups.items()):  # label files alone: modalities missing
+            cases.append(_case_from_files(prefix or directory.name, directory, files))
+    return _unique(cases, root)
+
+
+def _unique(cases: list[Case], root: Path) -> list[Case]:
+    """`cases` sorted by name; `InputError` when there is none or a name appears twice."""
     if not cases:
         raise InputError(
             f"{root}: no BraTS cases found. Expected one folder per case holding "
             "<case>_t1.nii.gz, <case>_t1ce.nii.gz, <case>_t2.nii.gz, <case>_flair.nii.gz (and "
             "<case>_seg.nii.gz for training), or the BraTS 2023 names <case>-t1n.nii.gz, "
-            "<case>-t1c.nii.gz, <case>-t2w.nii.gz, <case>-t2f.nii.gz, <case>-seg.nii.gz")
+            "<case>-t1c.nii.gz, <case>-t2w.nii.gz, <case>-t2f.nii.gz, <case>-seg.nii.gz, or the "
+            "Decathlon's imagesTr/ and labelsTr/ (docs/real_brats_data.md lists every release)")
     names: dict[str, Case] = {}
     for case in cases:
         if case.name in names:
@@ -198,3 +259,94 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
                              f"and {case.directory}; rename one of the folders")
         names[case.name] = case
     return sorted(cases, key=lambda case: case.name)
+
+
+def detect_convention(cases: Sequence[Case], where: str | os.PathLike,
+                      given: str | Convention | None = None, scan_labels: bool = False,
+                      fallback: bool = False) -> Convention:
+    """The convention the `cases` of folder `where` follow, set on each case.
+
+    `given` (a `--convention`) wins. Otherwise the conventions every case fits (by its id and
+    file names) are kept, in `CONVENTIONS` order; when several remain (e.g. brats2023-gli and
+    brats2024-gli share their names) and `scan_labels`, the label files are read and the first
+    convention holding every value seen is chosen, else the first one. With `fallback`, cases
+    whose names fit no convention are read as `DEFAULT_CONVENTION` (brats2020) when their label
+    values are its own, with a warning (scoring and stores of unet3d 0.2 assumed it).
+
+    Raises `InputError` when the cases fit no common convention: a folder mixing conventions
+    (the groups seen are listed) or names fitting none (they are listed, with `--convention`).
+    """
+    if given is not None:
+        convention = get_convention(given)
+    else:
+        convention = _common_convention(cases, where, scan_labels, fallback)
+    for case in cases:
+        case.convention = convention.name
+    return convention
+
+
+def _common_convention(cases: Sequence[Case], where, scan_labels: bool,
+                       fallback: bool) -> Convention:
+    unknown = [case.name for case in cases if not case.candidates]
+    if unknown and fallback and _label_values(cases, where) <= set(DEFAULT.values):
+        get_logger().warning(f"{where}: the names of {len(unknown)} case(s) fit no known BraTS "
+                             f"convention (seen: {_listed(unknown)}); read as {DEFAULT.name}, "
+                             "whose labels they have (--convention sets another)")
+        return DEFAULT
+    if unknown:
+        raise InputError(
+            f"{where}: the names of {len(unknown)} case(s) fit no known BraTS convention "
+            f"(seen: {_listed(unknown)}); pass --convention with one of "
+            f"{', '.join(CONVENTIONS)} (docs/real_brats_data.md shows a folder of each)")
+    common = [name for name in CONVENTIONS if all(name in case.candidates for case in cases)]
+    if not common:
+        groups: dict[str, list[str]] = {}
+        for case in cases:
+            groups.setdefault(" or ".join(case.candidates), []).append(case.name)
+        raise InputError(f"{where} mixes conventions: " + "; ".join(
+            f"{len(names)} case(s) of {group} ({_listed(names, 2)})"
+            for group, names in sorted(groups.items()))
+            + ". Put each convention's cases in a folder of their own")
+    if len(common) > 1 and scan_labels:
+        seen = _label_values(cases, where, f"to tell {' from '.join(common)}")
+        common = [name for name in common if seen <= set(CONVENTIONS[name].values)] or common
+    return CONVENTIONS[common[0]]
+
+
+def _listed(names: Sequence[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _label_values(cases: Sequence[Case], where, why: str = "") -> set[int]:
+    """The label values (without 0) of the cases' label files."""
+    labelled = [case for case in cases if case.label is not None]
+    if why and labelled:
+        get_logger().info(f"{where}: reading {len(labelled)} label file(s) {why} "
+                          "(--convention skips this)")
+    values: set[int] = set()
+    for case in labelled:
+        label, _ = read_nifti(case.label, check_finite=False)
+        values.update(int(v) for v in np.unique(label) if v != 0)
+    return values
+
+
+def read_case(case: Case, modalities: Sequence[str], dtype=np.float32
+              ) -> tuple[list[np.ndarray], np.ndarray | None, Geometry]:
+    """Read the `modalities` of a case, in that order, and its label map (None without one).
+
+    Returns (arrays (x, y, z), the label map, the common geometry). Raises `InputError` naming the
+    case for a missing modality, files on different grids or unreadable files."""
+    case.check(modalities)
+    if case.channels is None:
+        arrays, geometry = read_image_set(case.files(modalities), case.name, dtype)
+        return arrays[:len(modalities)], (arrays[-1] if case.label else None), geometry
+    path = case.images[modalities[0]]
+    volumes, geometry = read_nifti_channels(path, len(case.channels))
+    arrays = [volumes[case.channels[m]].astype(dtype, copy=False) for m in modalities]
+    label = None
+    if case.label is not None:
+        label, label_geometry = read_nifti(case.label, dtype=dtype)
+        if not label_geometry.same_grid(geometry):
+            raise InputError(f"case {case.name}: {case.label} ({label_geometry.describe()}) is "
+                             f"not on the grid of {path} ({geometry.describe()})")
+    return arrays, label, geometry

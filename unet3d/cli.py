@@ -23,11 +23,12 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import app, flags
 
-from unet3d.config import TrainConfig, preset
+from unet3d.config import CONVENTION_ALIASES, TrainConfig, preset
+from unet3d.conventions import CONVENTIONS
 from unet3d.errors import InputError
 from unet3d.logs import hide_native_log, setup_logging
 
@@ -82,7 +83,8 @@ def parse_value(text: str, hint, metadata: dict) -> Any:
         return None
     aliases = metadata.get("aliases") or {}
     if text in aliases:
-        return tuple(aliases[text])
+        value = aliases[text]
+        return value if isinstance(value, str) else tuple(value)
     for option in options:
         try:
             value = (_parse_tuple(text, option) if typing.get_origin(option) is tuple
@@ -152,6 +154,20 @@ def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = F
             flags.DEFINE(_Parser(hints[field.name], field.metadata), field.name, default,
                          help_text(field, default), flag_values=flag_values,
                          serializer=_Serializer())
+        for alias in field.metadata.get("flag_aliases") or ():
+            flags.DEFINE_alias(alias, field.name, flag_values=flag_values)
+
+
+def define_convention_flag(help: str, default: str | None = None,
+                           aliases: Sequence[str] = ()) -> None:
+    """Define `--convention` (a name of `unet3d.conventions.CONVENTIONS` or an alias, e.g.
+    brats2023 or 1,2,4) with `help`, and the older flag names `aliases` for it."""
+    metadata = {"choices": tuple(CONVENTIONS), "aliases": CONVENTION_ALIASES}
+    text = f"<{'|'.join(CONVENTIONS)}>: {help}" + ("" if default else " (default: 'none')")
+    flags.DEFINE(_Parser(Optional[str], metadata), "convention", default, text,
+                 serializer=_Serializer())
+    for alias in aliases:
+        flags.DEFINE_alias(alias, "convention")
 
 
 def config_from_flags(config_class: type, base, flag_values: flags.FlagValues = FLAGS):

@@ -20,7 +20,7 @@ import types
 import typing
 from typing import Any, Sequence
 
-from unet3d.brats import LABELS
+from unet3d.conventions import ALIASES, CONVENTIONS
 from unet3d.errors import InputError
 
 MODELS = ("isensee2017", "unet3d")
@@ -32,11 +32,13 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 WEIGHTINGS = ("gaussian", "constant")
 TTA_MODES = ("none", "mirror", "permute")
 VALIDATIONS = ("cases", "patches")
+#: What `--convention` (and the `--labels` of unet3d 0.2) accept besides a convention's name.
+CONVENTION_ALIASES = {**ALIASES, "1,2,4": "brats2020", "1,2,3": "brats2023-gli"}
 
 
 def option(default: Any, help: str, choices: Sequence[str] | None = None,
            none: str | None = None, aliases: dict[str, Any] | None = None,
-           resumable: bool = False):
+           resumable: bool = False, flag_aliases: Sequence[str] = ()):
     """A dataclass field with its command-line description.
 
     Args:
@@ -44,12 +46,14 @@ def option(default: Any, help: str, choices: Sequence[str] | None = None,
         help: what the setting does (the flag's help text, without the default).
         choices: the values allowed, for settings that are names.
         none: what None means, for settings that may be None (shown as the default).
-        aliases: names a user may give instead of a value (e.g. "brats2023" for (1, 2, 3)).
+        aliases: names a user may give instead of a value (e.g. "brats2023" for
+            "brats2023-gli").
         resumable: (training) the setting may change when a run resumes: it says how or where
             the run goes, not what it trains.
+        flag_aliases: other flag names of the setting (the names of older versions).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "none": none,
-                "aliases": aliases, "resumable": resumable}
+                "aliases": aliases, "resumable": resumable, "flag_aliases": tuple(flag_aliases)}
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -125,11 +129,14 @@ class TrainConfig:
                                          "plateau schedule drops the rate.")
     early_stopping_patience: int | None = option(None, "Stop after this many epochs without a "
                                                  "better val_loss.", none="never stop early")
-    target: str = option("regions", "Network outputs: the nested regions WT/TC/ET (nnU-Net), or "
-                         "one channel per label value (the port).", choices=TARGETS)
-    labels: tuple[int, ...] | None = option(
-        None, "Label values of the store's truths (NCR/NET, ED, ET), e.g. 1,2,4 or a convention "
-        f"({', '.join(LABELS)}).", none="the store's", aliases=LABELS)
+    target: str = option("regions", "Network outputs: the convention's nested regions (nnU-Net; "
+                         "WT/TC/ET, and RC, CC or GTV where the convention has them), or one "
+                         "channel per label value (the port).", choices=TARGETS)
+    convention: str | None = option(
+        None, "The BraTS release or task of the store's truths: its labels and the regions "
+        "trained on (docs/real_brats_data.md; --labels of unet3d 0.2 still works).",
+        choices=tuple(CONVENTIONS), none="the store's", aliases=CONVENTION_ALIASES,
+        flag_aliases=("labels",))
     loss: str = option("bce_dice", "Loss: bce_dice (BCE + soft Dice over regions), dice "
                        "(multiclass soft Dice), weighted_dice (the port's), dice_coefficient (the "
                        "port's plain U-Net).", choices=LOSSES)
@@ -208,11 +215,14 @@ class PredictConfig:
     batch_size: int = option(1, "Windows per model call.")
     threshold: float = option(0.5, "Probability from which a voxel is inside a region (the "
                               "port's label rule: below which it is background).")
-    labels: tuple[int, ...] | None = option(
-        None, "Label values written (NCR/NET, ED, ET), e.g. 1,2,3 or a convention "
-        f"({', '.join(LABELS)}).", none="each case's release naming", aliases=LABELS)
+    convention: str | None = option(
+        None, "Write the labels of this convention (each tissue of the model's labels as this "
+        "convention numbers it, e.g. brats2023-gli for a brats2020 model).",
+        choices=tuple(CONVENTIONS), none="the model's (its card)", aliases=CONVENTION_ALIASES,
+        flag_aliases=("labels",))
     min_et_voxels: int = option(0, "BraTS post-processing: a predicted enhancing tumour smaller "
-                                "than this becomes necrosis (e.g. 200; 0: off).")
+                                "than this becomes necrosis, for the conventions with that rule "
+                                "(e.g. 200; 0: off).")
     bias_correction: bool = option(True, "N4 bias correction of raw inputs, as the model card "
                                    "records for the training data (folders written by "
                                    "brats/preprocess.py are not corrected twice).")
@@ -221,8 +231,9 @@ class PredictConfig:
     modalities: tuple[str, ...] | None = option(
         None, "Input channels in order, e.g. t1,t1ce,flair,t2. Only for a model without a card.",
         none="the model card's")
-    target: str | None = option(None, "Output encoding (regions: WT/TC/ET; labels: one channel "
-                                "per label). Only for a model without a card.", choices=TARGETS,
+    target: str | None = option(None, "Output encoding (regions: the convention's, e.g. WT/TC/ET; "
+                                "labels: one channel per label). Only for a model without a "
+                                "card.", choices=TARGETS,
                                 none="the model card's")
     image_shape: tuple[int, int, int] | None = option(
         None, "The resampled shape of the port's store the model was trained on. Only for a "

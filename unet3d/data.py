@@ -30,7 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 import tables
 
-from unet3d.brats import LABELS, MODALITIES, find_cases
+from unet3d.brats import detect_convention, find_cases
+from unet3d.conventions import (DEFAULT_CONVENTION, ConventionLike, as_convention,
+                                convention_for_labels,
+                                get_convention)
 from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.io import Geometry, geometry_from_affine, nifti_shape
@@ -72,7 +75,7 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
                        out_file: str | os.PathLike, image_shape: Sequence[int] | None = None,
                        truth_dtype: np.dtype = np.uint8, subject_ids: Sequence[str] | None = None,
                        normalize: bool = True, crop: bool = True, *, with_truth: bool = True,
-                       labels: Sequence[int] = LABELS["brats2020"],
+                       labels: ConventionLike = DEFAULT_CONVENTION,
                        modalities: Sequence[str] | None = None,
                        preprocessing: PreprocessConfig | None = None,
                        progress: Callable[[str], None] | None = None) -> str:
@@ -86,7 +89,8 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     subject_ids: names of the cases, stored as `/subject_ids`.
     normalize: z-score each modality over the case's brain, clip to [-5, 5], rescale to [0, 1].
     crop: crop to the brain bounding box (otherwise keep the whole grid).
-    labels: the foreground label values allowed in label files (BraTS 2023: (1, 2, 3)).
+    labels: the convention of the label files (a name, a `Convention` or the label triple of
+        unet3d 0.2, e.g. (1, 2, 3)); values outside it are refused.
     modalities: names of the channels, stored as an attribute.
     preprocessing: how the files were preprocessed (N4), recorded for the model card; None:
         not known.
@@ -109,7 +113,9 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     else:
         spatial_shape = tuple(np.max([nifti_shape(case[0]) for case in files], axis=0))
     space = ModelSpace(image_shape, crop_to_brain=bool(crop), normalize=bool(normalize))
-    attributes = {"labels": list(labels), "modalities": list(modalities or []),
+    convention = as_convention(labels)
+    attributes = {"labels": list(convention.values), "convention": convention.name,
+                  "modalities": list(modalities or []),
                   "mode": "resample" if image_shape is not None else "crop",
                   "normalized": space.normalize, "cropped": space.crop_to_brain,
                   "clip": space.clip}
@@ -118,7 +124,8 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
     dtype = np.uint16 if normalize else np.float32
     with StoreWriter(out_file, n_channels, spatial_shape, with_truth, dtype, attributes) as writer:
         for index, (case, name) in enumerate(zip(files, names)):
-            image, truth, info = prepare_case(case, name, n_channels, with_truth, labels, space)
+            image, truth, info = prepare_case(case, name, n_channels, with_truth, convention,
+                                              space)
             writer.append(image, truth, info)
             progress(f"[{index + 1}/{len(files)}] {name}: stored {info.shape}")
         writer.commit(subject_ids)
@@ -128,29 +135,39 @@ def write_data_to_file(training_data_files: Sequence[Sequence[str | os.PathLike]
 def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str | os.PathLike,
                             modalities: Sequence[str] | None = None,
                             image_shape: Sequence[int] | None = None,
-                            labels: Sequence[int] | None = None,
+                            convention: ConventionLike | None = None,
                             progress: Callable[[str], None] | None = None) -> str:
     """Write the store of every case under a (preprocessed) folder, named by folder.
 
     The store holds labels if every case has a label file and none if no case has one; a mix is
-    an error (keep training and prediction cases in separate folders). `labels` defaults to the
-    convention recorded by `brats/preprocess.py`, else to the cases' release naming, and
-    `modalities` (the channels, in order) to the modalities it preprocessed, else `MODALITIES`;
-    the N4 settings it recorded go into the store (and from there into the model card).
+    an error (keep training and prediction cases in separate folders). `convention` defaults to
+    the one recorded by `brats/preprocess.py`, else to the one detected from the cases' names
+    and labels (`unet3d.brats.detect_convention`), and `modalities` (the channels, in order) to
+    the modalities it preprocessed, else the convention's; the N4 settings it recorded go into
+    the store (and from there into the model card).
     """
     cases = find_cases(preprocessed_dir)
+    if any(case.channels is not None for case in cases):
+        raise InputError(f"{preprocessed_dir}: 4D images (the Decathlon's layout); run "
+                         "brats/preprocess.py on it first and build the store from its output")
     labelled = [case.label is not None for case in cases]
     if any(labelled) and not all(labelled):
         missing = [case.name for case in cases if case.label is None]
         raise InputError(f"{preprocessed_dir}: {len(missing)} of {len(cases)} cases have no label "
                          f"file ({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); a "
                          "store is all labelled or all unlabelled: move them to another folder")
-    preprocessing, recorded_labels = read_preprocess_config(preprocessed_dir)
-    labels = labels or recorded_labels or cases[0].labels
-    modalities = tuple(modalities or (preprocessing.modalities if preprocessing else MODALITIES))
+    preprocessing, recorded = read_preprocess_config(preprocessed_dir)
+    if convention is not None:
+        convention = as_convention(convention)
+    else:
+        convention = recorded or detect_convention(cases, preprocessed_dir, scan_labels=True,
+                                                   fallback=True)
+    modalities = tuple(modalities or (preprocessing.modalities if preprocessing else None)
+                       or convention.modalities)
     return write_data_to_file([case.files(tuple(modalities)) for case in cases], data_file,
                               image_shape=image_shape, subject_ids=[case.name for case in cases],
-                              with_truth=all(labelled), labels=labels, modalities=modalities,
+                              with_truth=all(labelled), labels=convention,
+                              modalities=modalities,
                               preprocessing=preprocessing, progress=progress)
 
 
@@ -204,6 +221,11 @@ class DataStore:
                             else [f"case {i}" for i in range(self.n_cases)])
         attrs = root._v_attrs
         self.labels = tuple(int(v) for v in attrs.labels) if "labels" in attrs._v_attrnames else None
+        #: The convention of the truths (stores of unet3d 0.2: that of their labels; the port's:
+        #: None, brats2020 is assumed).
+        self.convention = (get_convention(str(attrs.convention))
+                           if "convention" in attrs._v_attrnames
+                           else convention_for_labels(self.labels) if self.labels else None)
         self.modalities = (tuple(attrs.modalities) if "modalities" in attrs._v_attrnames else ())
         self.data_scale = float(getattr(attrs, "data_scale", 1.0))
         self._shapes = (root.cases.col("shape").astype(int) if "cases" in root

@@ -1,8 +1,10 @@
 """Evaluation of BraTS segmentations: Dice, HD95, sensitivity and specificity per tumour region.
 
-Regions are the nested BraTS regions of `unet3d.labels`: whole tumour (WT, every tumour label),
-tumour core (TC, NCR/NET + ET) and enhancing tumour (ET). Every metric compares two boolean masks
-of one region, truth first, and is computed over the whole image without smoothing.
+Regions are the scored regions of the cases' convention (`unet3d.conventions`): up to 2023 whole
+tumour (WT, every tumour label), tumour core (TC, NCR/NET + ET) and enhancing tumour (ET); from
+2024 also the resection cavity, a cyst or single labels, or the one GTV of MEN-RT. Every metric
+compares two boolean masks of one region, truth first, and is computed over the whole image
+without smoothing.
 
 Conventions (the BraTS ones; no metric is ever NaN, so CSVs and summaries stay usable):
 
@@ -33,11 +35,15 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
-from unet3d.brats import NIFTI_EXTENSIONS, classify_file, find_cases
+from unet3d.brats import (MSD_IMAGES, NIFTI_EXTENSIONS, Case, candidates, classify_file,
+                          detect_convention, find_cases)
+from unet3d.conventions import (DEFAULT_CONVENTION, Convention, ConventionLike, Region,
+                                as_convention, check_label_values)
 from unet3d.errors import InputError
-from unet3d.io import atomic_write, check_label_values, read_nifti
-from unet3d.labels import DEFAULT_LABELS, REGION_NAMES, brats_regions
+from unet3d.io import atomic_write, read_nifti
+from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
+from unet3d.preprocessing import recorded_convention
 from unet3d.plots import plot_boxplot, plot_loss_graph, plot_overlay, read_training_log
 
 #: HD95 (mm) when exactly one of truth and prediction is empty: the BraTS image diagonal.
@@ -46,15 +52,21 @@ HD95_EMPTY = 373.13
 #: Metrics per region, in the column order of `scores.csv`.
 METRICS: tuple[str, ...] = ("dice", "hd95", "sensitivity", "specificity")
 
-#: Score columns of `scores.csv` and `summary.csv` after the first: `wt_dice`, `wt_hd95`, ...
-SCORE_COLUMNS: tuple[str, ...] = tuple(f"{r}_{m}" for r in REGION_NAMES for m in METRICS)
+
+def score_columns(regions: Sequence[str] = REGION_NAMES) -> tuple[str, ...]:
+    """Score columns of `scores.csv` and `summary.csv` after the first: `wt_dice`, `wt_hd95`,
+    ... for each scored region of the convention."""
+    return tuple(f"{r}_{m}" for r in regions for m in METRICS)
+
+
+#: The score columns of the 2017-2023 conventions (WT, TC, ET).
+SCORE_COLUMNS: tuple[str, ...] = score_columns()
 
 #: Rows of `summary.csv`: mean, (population) standard deviation, median, 25th/75th percentile.
 STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q1", "q3")
 
 # Probability maps that brats/predict.py --probabilities writes beside <case>.nii.gz.
-_PROBABILITY_MAP = re.compile(r"_(wt|tc|et|label_\d+)$")
-
+_PROBABILITY_MAP = re.compile(r"_([a-z]+|label_\d+)$")
 
 
 # --------------------------------------------------------------------------- metrics
@@ -66,24 +78,27 @@ def _pair(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return truth, pred
 
 
-def region_masks(label_map: np.ndarray, labels: Sequence[int] = DEFAULT_LABELS,
-                 name: str = "label map") -> dict[str, np.ndarray]:
-    """Boolean masks of the BraTS regions of an integer label map.
+def region_masks(label_map: np.ndarray, convention: ConventionLike = DEFAULT_CONVENTION,
+                 name: str = "label map", regions: Sequence[Region] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Boolean masks of the regions of an integer label map.
 
     Args:
         label_map: label values of any shape, e.g. (x, y, z).
-        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4), or (1, 2, 3) from BraTS 2023 on.
+        convention: the labels' convention (a name, a `Convention` or a label triple).
         name: how an error names `label_map` (e.g. its file).
+        regions: the regions; default the convention's scored regions.
 
     Returns:
-        {"wt": mask, "tc": mask, "et": mask}, bool arrays of `label_map`'s shape.
+        {"wt": mask, "tc": mask, "et": mask, ...}, bool arrays of `label_map`'s shape.
 
     Raises:
-        InputError: when `label_map` holds values other than 0 and `labels`.
+        InputError: when `label_map` holds values that are not 0 or the convention's labels.
     """
-    regions = brats_regions(labels)
-    check_label_values(label_map, regions["wt"], name)
-    return {region: np.isin(label_map, values) for region, values in regions.items()}
+    convention = as_convention(convention)
+    check_label_values(label_map, convention, name)
+    return {region.name: np.isin(label_map, region.labels)
+            for region in (convention.scored if regions is None else regions)}
 
 
 def dice(truth: np.ndarray, pred: np.ndarray) -> float:
@@ -172,15 +187,15 @@ def hausdorff95(truth: np.ndarray, pred: np.ndarray,
 
 def evaluate_case(truth_labels: np.ndarray, pred_labels: np.ndarray,
                   spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                  labels: Sequence[int] = DEFAULT_LABELS,
+                  convention: ConventionLike = DEFAULT_CONVENTION,
                   names: tuple[str, str] = ("truth", "prediction")) -> dict[str, dict[str, float]]:
-    """Scores of one case per region.
+    """Scores of one case per scored region of the convention.
 
     Args:
         truth_labels: BraTS label map (x, y, z).
         pred_labels: predicted label map of the same shape.
         spacing: voxel size in mm along (x, y, z), for HD95.
-        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4) or (1, 2, 3) (BraTS 2023 on).
+        convention: the labels' convention (a name, a `Convention` or a label triple).
         names: how errors name the truth and the prediction (e.g. their files).
 
     Returns:
@@ -188,32 +203,41 @@ def evaluate_case(truth_labels: np.ndarray, pred_labels: np.ndarray,
         "et": ...}, plain floats.
 
     Raises:
-        InputError: when the shapes differ or a map holds values other than 0 and `labels`.
+        InputError: when the shapes differ or a map holds values not of the convention.
     """
     if np.shape(truth_labels) != np.shape(pred_labels):
         raise InputError(f"{names[0]} (shape {np.shape(truth_labels)}) and {names[1]} "
                          f"(shape {np.shape(pred_labels)}) differ in shape")
-    return evaluate_masks(region_masks(truth_labels, labels, names[0]),
-                          region_masks(pred_labels, labels, names[1]), spacing)
+    return evaluate_masks(region_masks(truth_labels, convention, names[0]),
+                          region_masks(pred_labels, convention, names[1]), spacing)
 
 
 def evaluate_masks(truth: Mapping[str, np.ndarray], pred: Mapping[str, np.ndarray],
                    spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> dict[str, dict[str, float]]:
     """`evaluate_case` of region masks ({"wt": mask, "tc": ..., "et": ...}, as `region_masks`
-    returns them)."""
+    returns them), in the order of `truth`'s regions."""
     return {region: {"dice": dice(truth[region], pred[region]),
                      "hd95": hausdorff95(truth[region], pred[region], spacing),
                      "sensitivity": sensitivity(truth[region], pred[region]),
                      "specificity": specificity(truth[region], pred[region])}
-            for region in REGION_NAMES}
+            for region in truth}
+
+
+def _columns(rows: Sequence[Mapping[str, float]]) -> list[str]:
+    """The score columns of `rows`, in their order (every key but "case")."""
+    return [key for key in rows[0] if key != "case"]
+
+
+def _regions(rows: Sequence[Mapping[str, float]]) -> list[str]:
+    return [key[:-len("_dice")] for key in _columns(rows) if key.endswith("_dice")]
 
 
 def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Statistics of the score columns over cases.
 
     Args:
-        rows: one mapping per case holding the `SCORE_COLUMNS` (`wt_dice`, ..., as the rows
-            `evaluate_folder` returns; other keys such as "case" are ignored).
+        rows: one mapping per case holding the same score columns (`wt_dice`, ..., as the
+            rows `evaluate_folder` returns; "case" is ignored).
 
     Returns:
         {statistic: {column: value}} for the `STATISTICS` mean, std (population, ddof=0, so one
@@ -221,11 +245,12 @@ def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]
     """
     if not rows:
         raise InputError("no cases to summarize")
-    values = np.array([[float(row[column]) for column in SCORE_COLUMNS] for row in rows])
+    columns = _columns(rows)
+    values = np.array([[float(row[column]) for column in columns] for row in rows])
     statistics = {"mean": values.mean(axis=0), "std": values.std(axis=0),
                   "median": np.median(values, axis=0),
                   "q1": np.percentile(values, 25, axis=0), "q3": np.percentile(values, 75, axis=0)}
-    return {name: dict(zip(SCORE_COLUMNS, map(float, statistics[name]))) for name in STATISTICS}
+    return {name: dict(zip(columns, map(float, statistics[name]))) for name in STATISTICS}
 
 
 def format_summary(rows: Sequence[Mapping[str, float]]) -> str:
@@ -234,7 +259,7 @@ def format_summary(rows: Sequence[Mapping[str, float]]) -> str:
     mean, std = summary["mean"], summary["std"]
     lines = [f"{len(rows)} case(s)",
              f"{'region':<8}{'Dice mean':>10}{'(std)':>8}{'HD95 mm mean':>14}{'(std)':>8}"]
-    for region in REGION_NAMES:
+    for region in _regions(rows):
         dice_key, hd_key = f"{region}_dice", f"{region}_hd95"
         lines.append(f"{region.upper():<8}{mean[dice_key]:>10.3f}{std[dice_key]:>8.3f}"
                      f"{mean[hd_key]:>14.2f}{std[hd_key]:>8.2f}")
@@ -255,31 +280,43 @@ def _is_image_file(name: str) -> bool:
     return found is not None and found[0] != "label"
 
 
-def _truth_cases(truth_dir: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """(truth file per case, FLAIR file per case) of a truth folder, sorted by case."""
+def _truth_cases(truth_dir: Path) -> list[Case]:
+    """The labelled cases of a truth folder, sorted by name (see `find_truth_files`)."""
     if not truth_dir.is_dir():
         raise InputError(f"{truth_dir}: no such folder; pass the folder holding the truths")
-    truths: dict[str, Path] = {}
-    flairs: dict[str, Path] = {}
+    truths: dict[str, Case] = {}
     # Case folders (any BraTS release, or this package's preprocessed <case>/truth.nii.gz).
-    if any(_is_image_file(path.name) for path in truth_dir.rglob("*.nii*")):
-        for case in find_cases(truth_dir):
-            if case.label is not None:
-                truths[case.name] = case.label
-                if "flair" in case.images:
-                    flairs[case.name] = case.images["flair"]
+    if any(_is_image_file(path.name) for path in truth_dir.rglob("*.nii*")) or any(
+            (truth_dir / folder).is_dir() for folder in MSD_IMAGES):
+        truths = {case.name: case for case in find_cases(truth_dir) if case.label is not None}
     # Label files alone in the folder: <case>_seg.nii.gz, <case>-seg.nii.gz.
     for path in sorted(truth_dir.iterdir()):
         found = classify_file(path.name)
         if path.is_file() and found is not None and found[0] == "label":
-            case = found[2].rstrip("_-.")
-            if case and case not in truths:
-                truths[case] = path
+            name = found[2].rstrip("_-.")
+            if name and name not in truths:
+                truths[name] = Case(name, truth_dir, label=path,
+                                    candidates=candidates(name, {found[1]}))
     if not truths:
         raise InputError(f"{truth_dir}: no truth label files found; expected BraTS case folders "
                          "<case>/<case>_seg.nii.gz (or <case>-seg.nii.gz, or preprocessed "
                          "<case>/truth.nii.gz) or files <case>_seg.nii.gz in the folder itself")
-    return dict(sorted(truths.items())), flairs
+    return [truths[name] for name in sorted(truths)]
+
+
+def truth_convention(truth_dir: str | os.PathLike, given: ConventionLike | None = None
+                     ) -> Convention:
+    """The convention of the truths in `truth_dir`: `given`, else the one brats/preprocess.py
+    recorded there, else detected from the cases' names and label values
+    (`unet3d.brats.detect_convention`; names fitting none are read as brats2020 when their
+    labels are its own, with a warning)."""
+    if given is not None:
+        return as_convention(given)
+    recorded = recorded_convention(truth_dir)
+    if recorded is not None:
+        return recorded
+    return detect_convention(_truth_cases(Path(truth_dir)), truth_dir, scan_labels=True,
+                             fallback=True)
 
 
 def find_truth_files(truth_dir: str | os.PathLike) -> dict[str, Path]:
@@ -293,7 +330,7 @@ def find_truth_files(truth_dir: str | os.PathLike) -> dict[str, Path]:
     Raises:
         InputError: when `truth_dir` does not exist or holds no label file.
     """
-    return _truth_cases(Path(truth_dir))[0]
+    return {case.name: case.label for case in _truth_cases(Path(truth_dir))}
 
 
 def _is_probability_map(name: str, cases: Mapping[str, Path]) -> bool:
@@ -332,12 +369,12 @@ def find_prediction_files(prediction_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def _log_case(index: int, n_cases: int, case: str, row: Mapping[str, float]) -> None:
-    scores = " ".join(f"{region.upper()} {row[f'{region}_dice']:.3f}" for region in REGION_NAMES)
+    scores = " ".join(f"{region.upper()} {row[f'{region}_dice']:.3f}" for region in _regions([row]))
     get_logger().info(f"[{index}/{n_cases}] {case}: {scores}")
 
 
 def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathLike,
-                    output_dir: str | os.PathLike, labels: Sequence[int] = DEFAULT_LABELS,
+                    output_dir: str | os.PathLike, convention: ConventionLike | None = None,
                     training_log: str | os.PathLike | None = None, overlays: bool = True,
                     progress: Callable[[int, int, str, dict], None] | None = None,
                     ) -> list[dict]:
@@ -349,18 +386,19 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
         truth_dir: the truths, in any layout `find_truth_files` knows. Truths without a prediction
             are skipped with a warning.
         output_dir: where the reports go (created if needed); every file is written atomically:
-            `scores.csv` (one row per case: case, then `SCORE_COLUMNS`), `summary.csv` (one row
+            `scores.csv` (one row per case: case, then `score_columns`), `summary.csv` (one row
             per `STATISTICS`), `boxplot.png` (Dice and HD95 per region), `loss_graph.png` (with
             `training_log`) and `overlays/<case>.png` (with `overlays`, for the cases whose truth
             folder holds a FLAIR image).
-        labels: the BraTS labels (NCR/NET, ED, ET): (1, 2, 4) or (1, 2, 3) (BraTS 2023 on).
+        convention: the truths' convention (its scored regions are scored); None: detected
+            (`truth_convention`).
         training_log: the CSV log of training (columns epoch, loss and usually val_loss) to plot.
         overlays: whether to draw the per-case overlays.
         progress: called after each case as `progress(index, n_cases, case, row)`; by default a
             line "[i/n] case: WT 0.912 TC 0.850 ET 0.801" (Dice) goes to the package log.
 
     Returns:
-        One row per case, in case order: {"case": name, "wt_dice": ..., ...} (`SCORE_COLUMNS`).
+        One row per case, in case order: {"case": name, "wt_dice": ..., ...} (`score_columns`).
 
     Raises:
         InputError: no prediction; a prediction without truth; a prediction and its truth on
@@ -368,7 +406,11 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
     """
     output_dir = Path(output_dir)
     predictions = find_prediction_files(prediction_dir)
-    truths, flairs = _truth_cases(Path(truth_dir))
+    convention = truth_convention(truth_dir, convention)
+    cases = {case.name: case for case in _truth_cases(Path(truth_dir))}
+    truths = {name: case.label for name, case in cases.items()}
+    flairs = {name: case.images["flair"] for name, case in cases.items()
+              if "flair" in case.images and case.channels is None}
     without_truth = sorted(set(predictions) - set(truths))
     if without_truth:
         raise InputError(f"no truth in {truth_dir} for the predictions of {len(without_truth)} "
@@ -385,7 +427,8 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
     rows = []
     for index, (case, prediction_path) in enumerate(predictions.items(), start=1):
         flair = flairs.get(case) if overlays else None
-        rows.append(_score_case(case, prediction_path, truths[case], labels, flair, output_dir))
+        rows.append(_score_case(case, prediction_path, truths[case], convention, flair,
+                                output_dir))
         progress(index, len(predictions), case, rows[-1])
 
     write_scores(rows, output_dir / "scores.csv")
@@ -396,7 +439,7 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
     return rows
 
 
-def _score_case(case: str, prediction_path: Path, truth_path: Path, labels: Sequence[int],
+def _score_case(case: str, prediction_path: Path, truth_path: Path, convention: Convention,
                 flair_path: Path | None, output_dir: Path) -> dict:
     """The scores row of one case; with `flair_path`, its overlay too."""
     truth, truth_geometry = read_nifti(truth_path)
@@ -406,15 +449,16 @@ def _score_case(case: str, prediction_path: Path, truth_path: Path, labels: Sequ
             f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
             f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
             "predictions in the native space of the cases (as brats/predict.py does)")
-    truth_masks = region_masks(truth, labels, str(truth_path))
-    pred_masks = region_masks(pred, labels, str(prediction_path))
+    truth_masks = region_masks(truth, convention, str(truth_path))
+    pred_masks = region_masks(pred, convention, str(prediction_path))
     scores = evaluate_masks(truth_masks, pred_masks, truth_geometry.spacing)
     row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
-                            for region in REGION_NAMES for metric in METRICS}}
+                            for region in scores for metric in METRICS}}
     if flair_path is not None:
         flair, _ = read_nifti(flair_path, dtype=np.float32)
         if flair.shape == truth.shape:
-            plot_overlay(flair, truth_masks, pred_masks, case, row["wt_dice"],
+            plot_overlay(flair, truth_masks, pred_masks, case,
+                         {region: scores[region]["dice"] for region in scores},
                          output_dir / "overlays" / f"{case}.png")
         else:
             get_logger().warning(f"case {case}: no overlay, {flair_path} (shape {flair.shape}) "
@@ -425,19 +469,21 @@ def _score_case(case: str, prediction_path: Path, truth_path: Path, labels: Sequ
 # --------------------------------------------------------------------------- reports
 
 def write_scores(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Write the per-case rows as CSV (columns case, then `SCORE_COLUMNS`), atomically."""
+    """Write the per-case rows as CSV (columns case, then the score columns), atomically."""
     path = Path(path)
+    columns = ["case", *_columns(rows)]
     with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["case", *SCORE_COLUMNS])
+        writer = csv.DictWriter(stream, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({key: row[key] for key in ["case", *SCORE_COLUMNS]} for row in rows)
+        writer.writerows({key: row[key] for key in columns} for row in rows)
 
 
 def write_summary(summary: Mapping[str, Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Write `summarize`'s statistics as CSV (columns statistic, then `SCORE_COLUMNS`),
+    """Write `summarize`'s statistics as CSV (columns statistic, then the score columns),
     atomically."""
     path = Path(path)
+    columns = list(summary[STATISTICS[0]])
     with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=["statistic", *SCORE_COLUMNS])
+        writer = csv.DictWriter(stream, fieldnames=["statistic", *columns])
         writer.writeheader()
         writer.writerows({"statistic": name, **summary[name]} for name in STATISTICS)

@@ -34,7 +34,8 @@ from unet3d.augment import (AugmentConfig, augment_data, augment_intensities, ex
 from unet3d.config import PAPER
 from unet3d.data import DataFile, open_store
 from unet3d.errors import InputError
-from unet3d.labels import DEFAULT_LABELS, encode_targets
+from unet3d.conventions import DEFAULT_CONVENTION, ConventionLike, as_convention
+from unet3d.labels import encode_targets
 from unet3d.labels import get_multi_class_labels  # noqa: F401 - the port's name
 from unet3d.logs import get_logger
 from unet3d.splits import get_validation_split
@@ -87,7 +88,7 @@ class _StoreDataset(keras.utils.PyDataset):
     """Batches from a store; subclasses define `__len__` and `_sample(index, rng)` per epoch."""
 
     def __init__(self, data_file: DataFile, case_indices: Sequence[int], batch_size: int,
-                 target: str, labels: Sequence[int] | None, seed: int, workers: int,
+                 target: str, labels: ConventionLike | None, seed: int, workers: int,
                  max_queue_size: int):
         super().__init__(workers=max(int(workers), 1), use_multiprocessing=workers > 0,
                          max_queue_size=max_queue_size)
@@ -103,8 +104,10 @@ class _StoreDataset(keras.utils.PyDataset):
         if batch_size < 1:
             raise InputError(f"batch size {batch_size}: need at least 1")
         self.batch_size = int(batch_size)
-        self.labels = tuple(labels) if labels is not None else (self.store.labels or DEFAULT_LABELS)
-        encode_targets(np.zeros((1, 1, 1), np.uint8), target, self.labels)  # validates both
+        self.convention = as_convention(labels if labels is not None else
+                                        (self.store.convention or DEFAULT_CONVENTION))
+        self.labels = self.convention.values
+        encode_targets(np.zeros((1, 1, 1), np.uint8), target, self.convention)  # checks target
         self.target = target
         self.seed = int(seed)
         self._epoch = 0
@@ -138,7 +141,8 @@ class _StoreDataset(keras.utils.PyDataset):
 
     def _batch(self, samples: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
         images = np.stack([image for image, _ in samples])
-        targets = np.stack([encode_targets(truth, self.target, self.labels) for _, truth in samples])
+        targets = np.stack([encode_targets(truth, self.target, self.convention)
+                            for _, truth in samples])
         if os.getpid() != self._owner and self.use_multiprocessing:
             return _SharedArray(images), _SharedArray(targets)  # arrive as arrays
         return images, targets
@@ -151,8 +155,9 @@ class PatchListDataset(_StoreDataset):
         data_file: store path or `DataStore`.
         case_indices: cases to draw from.
         batch_size: samples per batch; the last batch of an epoch may be smaller.
-        target: "labels" (one channel per label value, the port) or "regions" (WT/TC/ET).
-        labels: label values (default: the store's, else `DEFAULT_LABELS`).
+        target: "labels" (one channel per label value, the port) or "regions" (the
+            convention's, e.g. WT/TC/ET).
+        labels: the truths' convention (a name, or the label values; default: the store's).
         patch_shape: (x, y, z) patch, or None for whole cases (they must then share one shape
             when batch_size > 1).
         patch_overlap: overlap of the patch grid (int or 3 ints).
@@ -172,7 +177,7 @@ class PatchListDataset(_StoreDataset):
     """
 
     def __init__(self, data_file: DataFile, case_indices: Sequence[int], batch_size: int = 1,
-                 target: str = "labels", labels: Sequence[int] | None = None,
+                 target: str = "labels", labels: ConventionLike | None = None,
                  patch_shape: Sequence[int] | None = None, patch_overlap: int | Sequence[int] = 0,
                  patch_start_offset: Sequence[int] | None = None, shuffle: bool = True,
                  skip_blank: bool = True, augment: bool = False, augment_flip: bool = True,
@@ -296,8 +301,8 @@ class RandomPatchDataset(_StoreDataset):
         patch_shape: (x, y, z); default the paper's (`unet3d.config.PAPER`), as the next two.
         batch_size: patches per batch.
         steps_per_epoch: batches per epoch.
-        target: "regions" (WT/TC/ET, default) or "labels".
-        labels: label values (default: the store's, else `DEFAULT_LABELS`).
+        target: "regions" (the convention's, e.g. WT/TC/ET; default) or "labels".
+        labels: the truths' convention (a name, or the label values; default: the store's).
         augment: `AugmentConfig` or None.
         foreground_fraction: probability of a tumour-centred patch (default 1/3).
         seed: seeds every draw.
@@ -308,7 +313,7 @@ class RandomPatchDataset(_StoreDataset):
                  patch_shape: Sequence[int] = PAPER.patch_shape,
                  batch_size: int = PAPER.batch_size,
                  steps_per_epoch: int = PAPER.steps_per_epoch, target: str = PAPER.target,
-                 labels: Sequence[int] | None = None,
+                 labels: ConventionLike | None = None,
                  augment: AugmentConfig | None = AugmentConfig(),
                  foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0,
                  max_queue_size: int = 10):
@@ -375,7 +380,7 @@ def get_training_and_validation_generators(
     are neither shuffled, offset nor augmented; every validation sample is seen once per epoch.
     """
     store = open_store(data_file)
-    labels = tuple(range(1, n_labels + 1)) if labels is None else tuple(labels)
+    labels = tuple(range(1, n_labels + 1)) if labels is None else as_convention(labels).values
     if len(labels) != n_labels:
         raise InputError(f"n_labels={n_labels} but labels={labels}")
     training, validation = get_validation_split(store, training_keys_file, validation_keys_file,
@@ -397,7 +402,7 @@ def get_training_and_validation_datasets(
         batch_size: int = PAPER.batch_size, steps_per_epoch: int = PAPER.steps_per_epoch,
         validation_batch_size: int | None = None, data_split: float = PAPER.data_split,
         overwrite: bool = False, target: str = PAPER.target,
-        labels: Sequence[int] | None = None, augment: AugmentConfig | None = AugmentConfig(),
+        labels: ConventionLike | None = None, augment: AugmentConfig | None = AugmentConfig(),
         foreground_fraction: float = 1 / 3, seed: int = 0, workers: int = 0
 ) -> tuple[RandomPatchDataset, PatchListDataset]:
     """The paper recipe's data: (training `RandomPatchDataset`, validation `PatchListDataset`).

@@ -120,6 +120,28 @@ def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
     return np.ascontiguousarray(array), Geometry.of(image)
 
 
+def read_nifti_channels(path: str | os.PathLike, channels: int
+                        ) -> tuple[list[np.ndarray], Geometry]:
+    """Read a 4D NIfTI file of `channels` 3D volumes (the Decathlon's images). Returns (the
+    volumes indexed (x, y, z), their geometry). Raises `InputError` naming the file when it
+    cannot be read or holds another number of volumes."""
+    path = Path(path)
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise InputError(f"{path}: cannot read this NIfTI file (corrupt or truncated?)") from None
+    size = image.GetSize()
+    if image.GetDimension() != 4 or size[3] != channels:
+        raise InputError(f"{path}: expected a 4D image of {channels} volumes, got size {size}")
+    volumes = []
+    for k in range(channels):
+        volume = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, k))
+        volumes.append(np.ascontiguousarray(sitk.GetArrayFromImage(volume).transpose(2, 1, 0)))
+    if any(np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all() for v in volumes):
+        raise InputError(f"{path}: holds NaN or infinite voxels; fix or re-export it")
+    return volumes, Geometry.of(volume)
+
+
 def nifti_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     """The (x, y, z) size of a NIfTI file, from its header alone."""
     reader = sitk.ImageFileReader()
@@ -280,21 +302,3 @@ def read_image_set(paths: Sequence[str | os.PathLike], case: str,
         raise InputError(f"case {case}: no files given")
     return arrays, first[1]
 
-
-def check_label_values(label: np.ndarray, labels: Sequence[int], path: str | os.PathLike,
-                       case: str | None = None) -> None:
-    """Raise `InputError` if `label` holds values other than 0 and `labels`; the message names
-    `path` (its file name after "case <case>:" when `case` is given) and hints at the other BraTS
-    label convention when that explains the values."""
-    values = np.unique(label)
-    unknown = [float(v) for v in values if float(v) not in {0, *labels}]
-    if unknown:
-        unknown = [int(v) if v.is_integer() else v for v in unknown]
-        hint = ""
-        if 3 in unknown:
-            hint = " (BraTS 2023 and later use 3 for enhancing tumour: use labels 1, 2, 3)"
-        elif 4 in unknown and 3 in labels:
-            hint = " (BraTS up to 2021 use 4 for enhancing tumour: use labels 1, 2, 4)"
-        where = f"case {case}: {Path(path).name}" if case is not None else str(path)
-        raise InputError(f"{where} holds label values {unknown} outside the configured labels "
-                         f"(0, {', '.join(map(str, labels))}){hint}")

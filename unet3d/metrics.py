@@ -179,9 +179,11 @@ class RegionDice(keras.metrics.Metric):
         }
 
 
-def region_dice_metrics(threshold: float = 0.5, from_logits: bool = False) -> list[RegionDice]:
-    """`dice_wt`, `dice_tc`, `dice_et` for region targets whose channels are ordered WT, TC, ET."""
+def region_dice_metrics(regions: Sequence[str] = REGION_NAMES, threshold: float = 0.5,
+                        from_logits: bool = False) -> list[RegionDice]:
+    """`dice_<region>` for each region channel, in order: `dice_wt`, `dice_tc`, `dice_et` by
+    default (a convention's `region_names` for others, e.g. adding `dice_rc`)."""
     return [
         RegionDice(channel, threshold=threshold, from_logits=from_logits, name=f"dice_{region}")
-        for channel, region in enumerate(REGION_NAMES)
+        for channel, region in enumerate(regions)
     ]

@@ -26,7 +26,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from unet3d.errors import InputError
-from unet3d.io import Geometry, check_label_values, read_image_set, to_sitk
+from unet3d.conventions import ConventionLike, as_convention, check_label_values
+from unet3d.io import Geometry, read_image_set, to_sitk
 
 #: z-scores are clipped to [-CLIP, CLIP] before rescaling to [0, 1] (the paper).
 CLIP = 5.0
@@ -202,15 +203,17 @@ def to_model_space(images: Sequence[np.ndarray], truth: np.ndarray | None, geome
 
 
 def prepare_case(files: Sequence[str | os.PathLike], subject_id: str, n_channels: int,
-                 with_truth: bool, labels: Sequence[int], space: ModelSpace = ModelSpace()
+                 with_truth: bool, convention: ConventionLike, space: ModelSpace = ModelSpace()
                  ) -> tuple[np.ndarray, np.ndarray | None, CaseInfo]:
     """Read one case's files (the modalities, then the label file when `with_truth`) and bring
-    it to the model's space: (image, truth, info), as `to_model_space`."""
+    it to the model's space: (image, truth, info), as `to_model_space`. Label values outside
+    the convention's are an `InputError` naming the file."""
     arrays, geometry = read_image_set(files, subject_id)
     truth = None
     if with_truth:
         truth = arrays[n_channels].astype(np.uint8)
-        check_label_values(truth, labels, files[n_channels], subject_id)
+        check_label_values(truth, as_convention(convention),
+                           f"case {subject_id}: {Path(files[n_channels]).name}")
     return to_model_space(arrays[:n_channels], truth, geometry, subject_id, space,
                           [Path(f).name for f in files[:n_channels]])
 

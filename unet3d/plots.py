@@ -20,11 +20,11 @@ from matplotlib.ticker import MaxNLocator
 
 from unet3d.errors import InputError
 from unet3d.io import atomic_write
-from unet3d.labels import REGION_NAMES
 
 # Contour colours of the overlays and line styles of the regions.
 TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "magenta"
-REGION_STYLES = {"wt": "solid", "tc": "dashed", "et": "dotted"}
+REGION_STYLES = ("solid", "dashed", "dotted", "dashdot", (0, (5, 1, 1, 1, 1, 1)),
+                 (0, (8, 2)), (0, (1, 3)))
 
 
 def read_training_log(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -104,18 +104,19 @@ def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
     """Box plots over cases of Dice (left) and HD95 (right) per region, with their means
     (triangles), into a PNG, atomically. HD95s equal to `empty_penalty` (BraTS' value for a
     region empty in only one of truth and prediction) are counted in a note."""
-    names = [region.upper() for region in REGION_NAMES]
+    regions = [key[:-len("_dice")] for key in rows[0] if key.endswith("_dice")]
+    names = [region.upper() for region in regions]
     figure = Figure(figsize=(9, 4.5))
     dice_ax, hd95_ax = figure.subplots(1, 2)
     for ax, metric, label in ((dice_ax, "dice", "Dice"), (hd95_ax, "hd95", "HD95 (mm)")):
-        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in REGION_NAMES],
+        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in regions],
                    showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names)
         ax.set_ylabel(label)
         ax.grid(axis="y", alpha=0.3)
     dice_ax.set_ylim(-0.02, 1.02)
     penalised = {region.upper(): sum(row[f"{region}_hd95"] == empty_penalty for row in rows)
-                 for region in REGION_NAMES} if empty_penalty is not None else {}
+                 for region in regions} if empty_penalty is not None else {}
     if any(penalised.values()):
         counts = ", ".join(f"{name} {n}" for name, n in penalised.items() if n)
         hd95_ax.set_title(f"{empty_penalty:g} mm: region empty in only one of truth and "
@@ -136,32 +137,36 @@ def overlay_slice(truth_wt: np.ndarray, pred_wt: np.ndarray) -> int:
 
 
 def plot_overlay(flair: np.ndarray, truth: Mapping[str, np.ndarray],
-                 pred: Mapping[str, np.ndarray], case: str, wt_dice: float,
+                 pred: Mapping[str, np.ndarray], case: str, dice: Mapping[str, float],
                  path: str | os.PathLike) -> None:
-    """FLAIR slice with the truth and prediction contours of WT, TC and ET into a PNG, atomically.
+    """FLAIR slice with the truth and prediction contours of each region (WT, TC, ET, ...) into
+    a PNG, atomically.
 
     `truth` and `pred` are region masks (`region_masks`); arrays are (x, y, z) on one grid. The
-    axial slice is `overlay_slice`'s. Truth contours are drawn in `TRUTH_COLOUR`, prediction
+    axial slice is `overlay_slice`'s of the largest truth region (the whole tumour), whose Dice
+    (`dice`, by region) is in the title. Truth contours are drawn in `TRUTH_COLOUR`, prediction
     contours in `PREDICTION_COLOUR`, one line style per region.
     """
-    z = overlay_slice(truth["wt"], pred["wt"])
+    first = max(truth, key=lambda region: int(truth[region].sum()))
+    z = overlay_slice(truth[first], pred[first])
     image = flair[:, :, z].T  # rows y, columns x: anterior up, patient's right on the left
     figure = Figure(figsize=(6, 6))
     ax = figure.subplots()
     ax.imshow(image, cmap="gray", vmin=0, vmax=max(float(np.percentile(image, 99.5)), 1e-6))
     handles = []
-    for region in REGION_NAMES:
+    for k, region in enumerate(truth):
+        style = REGION_STYLES[k % len(REGION_STYLES)]
         # The truth is drawn wider than the prediction, so that both show where they agree.
         for masks, colour, width, source in ((truth, TRUTH_COLOUR, 2.4, "truth"),
                                              (pred, PREDICTION_COLOUR, 1.2, "prediction")):
             section = masks[region][:, :, z].T
             if section.any():
                 ax.contour(section.astype(np.float32), levels=[0.5], colors=colour,
-                           linestyles=REGION_STYLES[region], linewidths=width)
-            handles.append(Line2D([], [], color=colour, linestyle=REGION_STYLES[region],
+                           linestyles=[style], linewidths=width)
+            handles.append(Line2D([], [], color=colour, linestyle=style,
                                   linewidth=width, label=f"{source} {region.upper()}"))
     ax.legend(handles=handles, loc="lower right", fontsize=7, framealpha=0.6)
-    ax.set_title(f"{case}  z={z}  WT Dice {wt_dice:.3f}")
+    ax.set_title(f"{case}  z={z}  {first.upper()} Dice {dice[first]:.3f}")
     ax.axis("off")
     figure.tight_layout()
     _save(figure, Path(path))

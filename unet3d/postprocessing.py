@@ -1,11 +1,13 @@
 """Network outputs -> BraTS label maps, and the BraTS post-processing.
 
-- `probabilities_to_labels`: WT/TC/ET region probabilities -> BraTS labels
-  (`unet3d.labels.regions_to_labels`: ET -> the ET label, TC minus ET -> NCR/NET, WT minus TC ->
-  ED), or one channel per label by the legacy port's rule (`get_prediction_labels`: argmax + 1, 0
-  below the threshold).
-- `remove_small_enhancing`: a tiny predicted enhancing tumour becomes necrosis (BraTS scores an
-  empty ET as perfect on cases without one).
+- `probabilities_to_labels`: region probabilities -> labels of the convention
+  (`unet3d.conventions.decode`: for WT/TC/ET, ET -> the ET label, TC minus ET -> NCR/NET, WT
+  minus TC -> ED), or one channel per label by the legacy port's rule (`get_prediction_labels`:
+  argmax + 1, 0 below the threshold).
+- `remove_small_enhancing`: a tiny predicted enhancing tumour becomes necrosis, for the
+  conventions that name such a rule (`Convention.small_et`; BraTS scores an empty ET as perfect
+  on cases without one).
+- `without_postoperative`: no resection cavity on a pre-operative scan.
 
 Probabilities are float32 (x, y, z, k), label maps uint8 (x, y, z).
 """
@@ -16,8 +18,9 @@ from typing import Sequence
 
 import numpy as np
 
+from unet3d.conventions import DEFAULT_CONVENTION, ConventionLike, as_convention
 from unet3d.errors import InputError
-from unet3d.labels import DEFAULT_LABELS, regions_to_labels
+from unet3d.labels import regions_to_labels
 
 
 def get_prediction_labels(prediction: np.ndarray, threshold: float = 0.5,
@@ -39,26 +42,52 @@ def get_prediction_labels(prediction: np.ndarray, threshold: float = 0.5,
 
 
 def probabilities_to_labels(probabilities: np.ndarray, target: str = "regions",
-                            labels: Sequence[int] = DEFAULT_LABELS, threshold: float = 0.5
-                            ) -> np.ndarray:
-    """BraTS label map, uint8 (x, y, z), from probabilities (x, y, z, 3): WT/TC/ET regions
-    (`target="regions"`: ET -> labels[2], TC minus ET -> labels[0], WT minus TC -> labels[1]) or
-    one channel per label (`target="labels"`, the legacy rule)."""
+                            convention: ConventionLike = DEFAULT_CONVENTION,
+                            threshold: float = 0.5) -> np.ndarray:
+    """Label map, uint8 (x, y, z), from probabilities (x, y, z, k): the convention's regions
+    (`target="regions"`, decoded in order) or one channel per label value (`target="labels"`,
+    the legacy rule)."""
+    convention = as_convention(convention)
     if target == "regions":
-        return regions_to_labels(probabilities, labels, threshold)
+        return regions_to_labels(probabilities, convention, threshold)
     if target == "labels":
-        return get_prediction_labels(probabilities[np.newaxis], threshold, labels)[0]
+        return get_prediction_labels(probabilities[np.newaxis], threshold, convention.values)[0]
     raise InputError(f"unknown target {target!r}: 'regions' or 'labels'")
 
 
-def remove_small_enhancing(label_map: np.ndarray, labels: Sequence[int] = DEFAULT_LABELS,
+def remove_small_enhancing(label_map: np.ndarray, convention: ConventionLike = DEFAULT_CONVENTION,
                            min_voxels: int = 200) -> np.ndarray:
-    """BraTS post-processing: if fewer than `min_voxels` voxels are enhancing tumour (labels[2]),
-    make them necrosis (labels[0]) (BraTS scores an empty ET as perfect on cases without one).
-    Returns a new uint8 map."""
-    necrosis, _, enhancing = labels
+    """BraTS post-processing: if fewer than `min_voxels` voxels hold the enhancing label of the
+    convention's rule (`small_et` = (enhancing, replacement), e.g. (4, 1): ET becomes NCR/NET),
+    give them the replacement (BraTS scores an empty ET as perfect on cases without one). A
+    convention without the rule (meningioma, metastases, MEN-RT) is returned unchanged. Returns a
+    new uint8 map."""
     out = label_map.copy()
+    rule = as_convention(convention).small_et
+    if rule is None:
+        return out
+    enhancing, replacement = rule
     voxels = out == enhancing
     if 0 < voxels.sum() < min_voxels:
-        out[voxels] = necrosis
+        out[voxels] = replacement
+    return out
+
+
+def without_postoperative(probabilities: np.ndarray, target: str,
+                          convention: ConventionLike) -> np.ndarray:
+    """Probabilities (x, y, z, k) of a pre-operative scan: the outputs of what only surgery makes
+    (a resection cavity, `Convention.postoperative_only`) set to 0, so that decoding gives the
+    voxels under it the label they would have without it. Returns a new array (or the input
+    when the convention has no such label)."""
+    convention = as_convention(convention)
+    after = set(convention.postoperative_only)
+    if target == "regions":
+        channels = [k for k, region in enumerate(convention.regions)
+                    if set(region.labels) <= after]
+    else:
+        channels = [k for k, value in enumerate(convention.values) if value in after]
+    if not channels:
+        return probabilities
+    out = probabilities.copy()
+    out[..., channels] = 0
     return out

@@ -26,18 +26,19 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from unet3d.brats import Case, find_cases
+from unet3d.brats import Case, detect_convention, find_cases
 from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig
 from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, predict_volume
 from unet3d.io import Geometry, write_nifti
-from unet3d.labels import DEFAULT_LABELS, brats_regions, check_labels
+from unet3d.conventions import CONVENTIONS, Convention, ConventionLike, as_convention, translate
 from unet3d.logs import get_logger
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import card_path
 from unet3d.model_space import ModelSpace, to_model_space, to_native_space
-from unet3d.postprocessing import probabilities_to_labels, remove_small_enhancing
+from unet3d.postprocessing import (probabilities_to_labels, remove_small_enhancing,
+                                   without_postoperative)
 from unet3d.preprocessing import PreprocessConfig, correct_case, read_preprocess_config
 from unet3d.splits import load_keys
 
@@ -88,8 +89,9 @@ def model_card(model_file: str | os.PathLike, model: keras.Model, config: Predic
             f"as it was trained (e.g. {' '.join(e for _, e in missing)}); add --image_shape if it "
             "was trained on the port's resampled store and --nobias_correction if its training "
             "cases were not N4-corrected")
+    convention = as_convention(config.convention)
     return ModelCard(model="external", modalities=tuple(config.modalities), target=config.target,
-                     labels=tuple(config.labels or DEFAULT_LABELS),
+                     convention=convention.name, labels=convention.values,
                      patch_shape=None if config.whole_volume else tuple(window),
                      space=ModelSpace(config.image_shape), preprocessing=None, spacing=None,
                      training=None, unet3d_version="unknown")
@@ -148,8 +150,8 @@ def complete_config(model_file: str | os.PathLike, model: keras.Model, config: P
         raise InputError(f"{model_file} gives {outputs} output channels, not the "
                          f"{len(card.output_names)} of its target {card.target} "
                          f"({', '.join(card.output_names)})")
-    if config.labels is not None:
-        check_labels(config.labels, len(card.labels), "--labels")
+    if config.convention is not None:
+        translate(np.zeros(1, np.uint8), card.entry, as_convention(config.convention))
     if config.whole_volume and config.patch_shape is not None:
         raise InputError("--whole_volume and --patch_shape exclude each other: give one")
     window = None if config.whole_volume else (config.patch_shape or card.patch_shape)
@@ -167,38 +169,74 @@ def complete_config(model_file: str | os.PathLike, model: keras.Model, config: P
     return card, config
 
 
-def output_labels(card: ModelCard, config: PredictConfig, case_labels: Sequence[int]
-                  ) -> tuple[int, ...]:
-    """The label values written: `config.labels`, else the case's own release convention (for
-    BraTS 2023 naming ET is 3), which names the same tumour classes as the model's training
-    labels; a model of another number of labels writes its training labels."""
-    if config.labels:
-        return tuple(config.labels)
-    return tuple(case_labels if len(card.labels) == len(case_labels) else card.labels)
+def output_convention(card: ModelCard, config: PredictConfig) -> Convention:
+    """The convention whose labels are written: `config.convention`, else the model's."""
+    return as_convention(config.convention) if config.convention else card.entry
+
+
+def input_convention(card: ModelCard, cases: Sequence[Case], input_dir: str | os.PathLike,
+                     recorded: Convention | None, progress: Callable[[str], None]) -> None:
+    """Check that the cases of `input_dir` (of the `recorded` convention, else the one their
+    names say) have the modalities the model takes, and say when they follow another label
+    scheme than the model's. `InputError` when modalities are missing."""
+    try:
+        found = recorded or detect_convention(cases, input_dir)
+    except InputError:  # unknown names: the files are found by their modality suffixes
+        return
+    missing = [m for m in card.modalities if m not in found.modalities]
+    if missing:
+        raise InputError(f"{input_dir} holds {found.name} cases ({', '.join(found.modalities)}), "
+                         f"without {', '.join(missing)}: the model was trained on "
+                         f"{card.convention} cases with {', '.join(card.modalities)}; use a model "
+                         f"trained on {found.name}")
+    fitting = [found.name] if recorded else [
+        name for name in CONVENTIONS if all(name in case.candidates for case in cases)]
+    if card.convention in fitting or _same_labels(found, card.entry):
+        return
+    writable = [name for name in fitting if _translatable(card.entry, CONVENTIONS[name])]
+    progress(f"the cases are {' or '.join(fitting)}, the model {card.convention}: their "
+             f"predictions have the model's labels ({card.entry.label_text})"
+             + (f"; --convention {writable[0]} writes the same tissues with that entry's values"
+                if writable else ""))
+
+
+def _same_labels(a: Convention, b: Convention) -> bool:
+    return {(x.value, x.kind) for x in a.labels} == {(x.value, x.kind) for x in b.labels}
+
+
+def _translatable(source: Convention, target: Convention) -> bool:
+    return all(target.kind_value(label.kind) is not None for label in source.labels)
 
 
 # --------------------------------------------------------------------------------------------
 # Writing.
 
 
-def predicted_labels(probabilities: np.ndarray, target: str, labels: Sequence[int],
-                     config: PredictConfig) -> np.ndarray:
-    """The label map (uint8) of `probabilities` (x, y, z, k) as brats/predict.py writes it: by
-    `config.threshold`, without enhancing tumour below `config.min_et_voxels` voxels."""
-    label_map = probabilities_to_labels(probabilities, target, labels, config.threshold)
+def predicted_labels(probabilities: np.ndarray, target: str, convention: ConventionLike,
+                     config: PredictConfig, session: str | None = None) -> np.ndarray:
+    """The label map (uint8) of `probabilities` (x, y, z, k) as brats/predict.py writes it, in
+    the model's `convention`: by `config.threshold`, without enhancing tumour below
+    `config.min_et_voxels` voxels, without a resection cavity on a "pre-operative" `session`
+    (its outputs are dropped before decoding, so the tissues under it keep their labels)."""
+    if session == "pre-operative":
+        probabilities = without_postoperative(probabilities, target, convention)
+    label_map = probabilities_to_labels(probabilities, target, convention, config.threshold)
     if config.min_et_voxels:
-        label_map = remove_small_enhancing(label_map, labels, config.min_et_voxels)
+        label_map = remove_small_enhancing(label_map, convention, config.min_et_voxels)
     return label_map
 
 
 def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | os.PathLike,
-                     target: str, labels: Sequence[int], config: PredictConfig,
-                     names: Sequence[str] = ()) -> np.ndarray:
+                     card: ModelCard, config: PredictConfig, session: str | None = None
+                     ) -> np.ndarray:
     """Write the label map of native-space `probabilities` (x, y, z, k) to `path` (uint8, on
-    `geometry`), and with `config.probabilities` one float32 map per output beside it
-    (`<case>_<name>.nii.gz`, `names` the outputs'). Returns the label map. Every file is
-    written atomically."""
-    label_map = predicted_labels(probabilities, target, labels, config)
+    `geometry`; `predicted_labels` in the model's convention, written in `output_convention`'s
+    labels), and with `config.probabilities` one float32 map per output beside it
+    (`<case>_<output>.nii.gz`). Returns the label map written. Every file is written
+    atomically."""
+    label_map = translate(predicted_labels(probabilities, card.target, card.entry, config,
+                                           session), card.entry, output_convention(card, config))
+    names = card.output_names
     path = Path(path)
     if config.probabilities:
         stem = path.name[:-len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
@@ -209,9 +247,9 @@ def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | 
     return label_map
 
 
-def _describe(label_map: np.ndarray, labels: Sequence[int]) -> str:
-    return ", ".join(f"{name.upper()} {int(np.isin(label_map, values).sum()):,} voxels"
-                     for name, values in brats_regions(labels).items())
+def _describe(label_map: np.ndarray, convention: Convention) -> str:
+    return ", ".join(f"{region.name.upper()} {int(np.isin(label_map, region.labels).sum()):,} "
+                     "voxels" for region in convention.regions)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,13 +267,13 @@ class PredictReport:
 
 def input_preprocessing(card: ModelCard, config: PredictConfig, input_dir: str | os.PathLike,
                         progress: Callable[[str], None]
-                        ) -> tuple[PreprocessConfig, tuple[int, ...] | None]:
-    """(the N4 the input cases need, the label values of a folder written by preprocess.py).
+                        ) -> tuple[PreprocessConfig, Convention | None]:
+    """(the N4 the input cases need, the convention of a folder written by preprocess.py).
 
     The N4 of the model's training cases (the card), brats/preprocess.py's defaults where the
     card does not record it; none for a folder preprocess.py wrote (already corrected) or when
     `config.bias_correction` is off."""
-    folder_n4, folder_labels = read_preprocess_config(input_dir)
+    folder_n4, folder_convention = read_preprocess_config(input_dir)
     n4 = card.preprocessing or PreprocessConfig()
     if card.preprocessing is None and config.bias_correction and folder_n4 is None:
         progress(f"the model card does not record its training cases' N4: the inputs get "
@@ -245,7 +283,7 @@ def input_preprocessing(card: ModelCard, config: PredictConfig, input_dir: str |
                  f"the model's training cases ({card.preprocessing})")
     if not config.bias_correction or folder_n4 is not None:
         n4 = dataclasses.replace(n4, bias_correction=())
-    return dataclasses.replace(n4, modalities=card.modalities), folder_labels
+    return dataclasses.replace(n4, modalities=card.modalities), folder_convention
 
 
 def _spacing_note(card: ModelCard, geometry: Geometry) -> str:
@@ -257,15 +295,16 @@ def _spacing_note(card: ModelCard, geometry: Geometry) -> str:
 
 
 def _predict_case(model: keras.Model, card: ModelCard, config: PredictConfig, case: Case,
-                  n4: PreprocessConfig, labels: Sequence[int], out: Path) -> str:
+                  n4: PreprocessConfig, out: Path) -> str:
     """Predict one case into `out`; returns the description of the progress line."""
     images, _, geometry = correct_case(dataclasses.replace(case, label=None), n4)
     image, _, info = to_model_space(list(images.values()), None, geometry, case.name, card.space,
                                     names=[case.images[m].name for m in card.modalities])
     probabilities = to_native_space(predict_volume(model, image, config), info)
-    label_map = write_prediction(probabilities, info.original, out, card.target, labels, config,
-                                 card.output_names)
-    return f"{_describe(label_map, labels)} -> {out}{_spacing_note(card, geometry)}"
+    session = card.entry.session(case.name)
+    label_map = write_prediction(probabilities, info.original, out, card, config, session)
+    return (f"{_describe(label_map, output_convention(card, config))}"
+            f"{f' ({session})' if session else ''} -> {out}{_spacing_note(card, geometry)}")
 
 
 def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
@@ -282,7 +321,8 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     progress = progress or get_logger().info
     model, card, config = load_for_prediction(model_file, config)
     cases = find_cases(input_dir)
-    n4, folder_labels = input_preprocessing(card, config, input_dir, progress)
+    n4, folder_convention = input_preprocessing(card, config, input_dir, progress)
+    input_convention(card, cases, input_dir, folder_convention, progress)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport()
@@ -293,9 +333,8 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
             progress(f"{prefix}: {out} exists, skipped (--overwrite redoes it)")
             continue
         start = time.monotonic()
-        labels = output_labels(card, config, folder_labels or case.labels)
         try:
-            description = _predict_case(model, card, config, case, n4, labels, out)
+            description = _predict_case(model, card, config, case, n4, out)
         except Exception as error:  # noqa: BLE001 - reported per case, the other cases go on
             message = (str(error) if isinstance(error, InputError) else
                        f"unexpected {type(error).__name__}: {error}")
@@ -346,14 +385,13 @@ def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConf
             raise InputError(f"{data_file} holds cases in another model space ({store.space}) "
                              f"than the model's ({card.space}): {remedy}")
         indices = load_keys(keys_file, store)
-        labels = output_labels(card, config, store.labels or card.labels)
-        return [_store_case(model, card, config, store, index, labels, Path(output_dir),
+        return [_store_case(model, card, config, store, index, Path(output_dir),
                             output_label_map, f"[{count}/{len(indices)}]", progress)
                 for count, index in enumerate(indices, start=1)]
 
 
 def _store_case(model: keras.Model, card: ModelCard, config: PredictConfig, store: DataStore,
-                index: int, labels: Sequence[int], output_dir: Path, output_label_map: bool,
+                index: int, output_dir: Path, output_label_map: bool,
                 counter: str, progress: Callable[[str], None]) -> str:
     """One case of `predict_store_cases`; returns its folder."""
     start = time.monotonic()
@@ -367,8 +405,9 @@ def _store_case(model: keras.Model, card: ModelCard, config: PredictConfig, stor
     for name, volume in volumes.items():
         write_nifti(volume, geometry, folder / f"{name}.nii.gz")
     if output_label_map:
-        write_prediction(probabilities, geometry, folder / "prediction.nii.gz", card.target,
-                         labels, config)
+        write_prediction(probabilities, geometry, folder / "prediction.nii.gz", card,
+                         dataclasses.replace(config, probabilities=False),
+                         card.entry.session(store.subject_ids[index]))
     else:
         for k, name in enumerate(card.output_names):
             write_nifti(probabilities[..., k], geometry, folder / f"prediction_{name}.nii.gz")

@@ -1,12 +1,14 @@
 """BraTS preprocessing: N4 bias-field correction, written case by case in the legacy layout.
 
-`preprocess_brats(brats_dir, out_dir)` finds the cases of any BraTS release under `brats_dir`
-(see `unet3d.brats.find_cases`), corrects the bias field of t1, t1ce and t2 (not flair, as the
-legacy port did) with SimpleITK's N4 inside the brain mask, and writes
+`preprocess_brats(brats_dir, out_dir)` finds the cases of any BraTS release or task under
+`brats_dir` (`unet3d.brats.find_cases`; the convention is detected, `unet3d.conventions`),
+corrects the bias field of t1, t1ce and t2 (not flair, as the legacy port did) with SimpleITK's
+N4 inside the brain mask, and writes
 
-    <out_dir>/<case>/{t1,t1ce,flair,t2}.nii.gz   float32, the original grid and geometry
+    <out_dir>/<case>/{t1,t1ce,flair,t2}.nii.gz   float32, the original grid and geometry (the
+                                                  convention's modalities, or --modalities)
     <out_dir>/<case>/truth.nii.gz                 uint8, the original label values (if labelled)
-    <out_dir>/preprocess.json                     the settings and the label convention
+    <out_dir>/preprocess.json                     the settings and the convention
     <out_dir>/preprocess.log                      the log (written by the script)
 
 Each case folder appears at once (written to a temporary folder, then renamed), so a case folder
@@ -22,6 +24,7 @@ import os
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,11 +32,12 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from unet3d.brats import MODALITIES, Case, find_cases
+from unet3d.brats import MODALITIES, Case, detect_convention, find_cases, read_case
 from unet3d.config import from_plain, option, to_plain
+from unet3d.conventions import (Convention, check_label_values,
+                                convention_for_labels, get_convention)
 from unet3d.errors import InputError
-from unet3d.io import (Geometry, atomic_folder, check_label_values, read_image_set, to_sitk,
-                       write_nifti)
+from unet3d.io import Geometry, atomic_folder, to_sitk, write_nifti
 from unet3d.logs import get_logger
 from unet3d.model_space import brain_mask
 
@@ -45,11 +49,13 @@ TRUTH_NAME = "truth"
 class PreprocessConfig:
     """Preprocessing settings; the defaults are the fast run (`FULL_QUALITY_N4`: the fine one)."""
 
-    modalities: tuple[str, ...] = option(MODALITIES, "The modalities of each case, in the order "
-                                         "of the store's channels.")
+    modalities: tuple[str, ...] | None = option(
+        None, "The modalities of each case, in the order of the store's channels (a subset "
+        "of the convention's, e.g. t1ce alone).", none="the convention's (t1,t1ce,flair,t2 for "
+        "the glioma releases; t1ce for MEN-RT)")
     bias_correction: tuple[str, ...] = option(
-        ("t1", "t1ce", "t2"), "Modalities N4 bias-corrected (the port left FLAIR as it is); an "
-        "empty value ('') turns N4 off.")
+        ("t1", "t1ce", "t2"), "Modalities N4 bias-corrected (the port left FLAIR as it is), "
+        "those of --modalities; an empty value ('') turns N4 off.")
     n4_shrink_factor: int = option(4, "N4 fits the bias field on the image shrunk by this factor "
                                    "per axis and applies it at full resolution (4: a few seconds "
                                    "per BraTS volume).")
@@ -59,14 +65,16 @@ class PreprocessConfig:
 
 def check_preprocess_config(config: PreprocessConfig) -> None:
     """Stop impossible settings before any case is read, naming the flag."""
-    unknown = sorted(set(config.modalities + config.bias_correction) - set(MODALITIES))
+    modalities = config.modalities or ()
+    unknown = sorted(set(modalities + config.bias_correction) - set(MODALITIES))
     if unknown:
         raise InputError(f"--modalities / --bias_correction: unknown {', '.join(unknown)}; the "
                          f"modalities are {', '.join(MODALITIES)}")
-    if not config.modalities or len(set(config.modalities)) != len(config.modalities):
-        raise InputError(f"--modalities {','.join(config.modalities)}: one or more, each once")
-    outside = [m for m in config.bias_correction if m not in config.modalities]
-    if outside:
+    if config.modalities is not None and (
+            not modalities or len(set(modalities)) != len(modalities)):
+        raise InputError(f"--modalities {','.join(modalities)}: one or more, each once")
+    outside = [m for m in config.bias_correction if m not in modalities]
+    if config.modalities is not None and outside:
         raise InputError(f"--bias_correction {','.join(outside)}: not among --modalities "
                          f"{','.join(config.modalities)}")
     if config.n4_shrink_factor < 1 or not config.n4_iterations or min(config.n4_iterations) < 1:
@@ -86,7 +94,22 @@ class PreprocessReport:
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
-    labels: tuple[int, ...] = ()
+    convention: str = ""
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """The label values of the folder's convention."""
+        return get_convention(self.convention).values if self.convention else ()
+
+
+def for_convention(config: PreprocessConfig, convention: Convention) -> PreprocessConfig:
+    """`config` with its modalities resolved: the convention's when `config.modalities` is None,
+    N4 then on those of `config.bias_correction` that the convention has."""
+    if config.modalities is not None:
+        return config
+    modalities = convention.modalities
+    return dataclasses.replace(config, modalities=modalities, bias_correction=tuple(
+        m for m in config.bias_correction if m in modalities))
 
 
 def n4_bias_correction(image: np.ndarray, geometry: Geometry, mask: np.ndarray,
@@ -120,14 +143,14 @@ def correct_case(case: Case, config: PreprocessConfig
     Returns ({modality: float32 (x, y, z)} in `config.modalities` order, the label map or None,
     the case's geometry). Raises `InputError` naming the case for a missing modality, files on
     different grids, NaN/inf voxels, unreadable files, all-zero images or label values outside the
-    case's release labels.
+    case's convention (`case.convention`, brats2020 when not set).
     """
-    files = case.files(config.modalities)
-    arrays, geometry = read_image_set(files, case.name)
-    images = dict(zip(config.modalities, arrays[: len(config.modalities)]))
-    label = arrays[len(config.modalities)] if case.label else None
+    modalities = config.modalities or get_convention(case.convention or "brats2020").modalities
+    arrays, label, geometry = read_case(case, modalities)
+    images = dict(zip(modalities, arrays))
     if label is not None:
-        check_label_values(label, case.labels, case.label, case.name)
+        check_label_values(label, get_convention(case.convention or "brats2020"),
+                           f"case {case.name}: {case.label.name}")
     mask = brain_mask(list(images.values()))
     if not mask.any():
         raise InputError(f"case {case.name}: every modality is all zero; check the files in "
@@ -153,7 +176,7 @@ def preprocess_case(case: Case, out_dir: str | os.PathLike, config: PreprocessCo
             write_nifti(image, geometry, tmp / f"{modality}.nii.gz", dtype=np.float32)
         if label is not None:
             write_nifti(label, geometry, tmp / f"{TRUTH_NAME}.nii.gz", dtype=np.uint8)
-    corrected = [m for m in config.modalities if m in config.bias_correction]
+    corrected = [m for m in images if m in config.bias_correction]
     return (f"N4 on {', '.join(corrected) or 'none'}; "
             + ("labelled" if label is not None else "no label file (prediction only)"))
 
@@ -165,8 +188,9 @@ def is_preprocessed(case: Case, out_dir: Path, modalities: tuple[str, ...]) -> b
     return all((folder / name).is_file() for name in names)
 
 
-def _settings(config: PreprocessConfig, labels: tuple[int, ...]) -> dict:
-    return {**to_plain(config), "labels": list(labels)}
+def _settings(config: PreprocessConfig, convention: Convention) -> dict:
+    return {**to_plain(config), "labels": list(convention.values),
+            "convention": convention.name}
 
 
 def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
@@ -181,17 +205,25 @@ def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
 
 
 def read_preprocess_config(preprocessed_dir: str | os.PathLike
-                           ) -> tuple[PreprocessConfig | None, tuple[int, ...] | None]:
-    """(the N4 settings, the label values) a folder was written with by `preprocess_brats`;
-    (None, None) for a folder it did not write."""
+                           ) -> tuple[PreprocessConfig | None, Convention | None]:
+    """(the N4 settings, the convention) a folder was written with by `preprocess_brats`;
+    (None, None) for a folder it did not write. Folders of unet3d 0.2 recorded the label values
+    only: their convention follows from them (1, 2, 4: brats2020; 1, 2, 3: brats2023-gli)."""
     settings = read_settings(preprocessed_dir)
     if settings is None:
         return None, None
     path = Path(preprocessed_dir) / SETTINGS_FILE
     labels = settings.pop("labels", None)
+    name = settings.pop("convention", None)
     if labels is None:
         raise InputError(f"{path}: no labels recorded; rerun brats/preprocess.py with --overwrite")
-    return from_plain(PreprocessConfig, settings, str(path)), tuple(int(v) for v in labels)
+    convention = get_convention(name) if name else convention_for_labels(labels)
+    return from_plain(PreprocessConfig, settings, str(path)), convention
+
+
+def recorded_convention(preprocessed_dir: str | os.PathLike) -> Convention | None:
+    """The convention `preprocess_brats` recorded in a folder, or None for other folders."""
+    return read_preprocess_config(preprocessed_dir)[1]
 
 
 def _run_case(case: Case, out_dir: Path, config: PreprocessConfig) -> tuple[str, str, float]:
@@ -211,13 +243,15 @@ def _init_worker(threads: int) -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
 
 
-def _claim_folder(out_dir: Path, config: PreprocessConfig, labels: tuple[int, ...],
+def _claim_folder(out_dir: Path, config: PreprocessConfig, convention: Convention,
                   overwrite: bool) -> None:
     """Record the settings in `out_dir`, refusing a folder written with others (unless
     `overwrite`): a folder never mixes settings."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    settings = _settings(config, labels)
+    settings = _settings(config, convention)
     previous = read_settings(out_dir)
+    if previous is not None and "convention" not in previous:  # unet3d 0.2: labels only
+        previous["convention"] = convention_for_labels(previous.get("labels", ())).name
     if previous is not None and previous != settings and not overwrite:
         raise InputError(f"{out_dir} was preprocessed with other settings ({previous}); pass "
                          "--overwrite to redo every case with the new ones, or use another folder")
@@ -250,25 +284,34 @@ def _run_cases(todo: list[Case], out_dir: Path, config: PreprocessConfig, worker
 def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      config: PreprocessConfig = PreprocessConfig(), workers: int = 1,
                      overwrite: bool = False,
-                     progress: Callable[[str], None] | None = None) -> PreprocessReport:
+                     progress: Callable[[str], None] | None = None,
+                     convention: str | Convention | None = None) -> PreprocessReport:
     """Preprocess every case under `brats_dir` into `out_dir` (see the module docstring).
 
+    convention: the cases' convention (`unet3d.conventions`); None: detected from the file names
+        and, where names are shared by two releases, the label values.
     workers: processes working on cases at once (each uses cores / workers threads).
     overwrite: redo cases already in `out_dir` (otherwise they are skipped, so a rerun resumes).
     progress: called with one line per case; defaults to the package logger.
 
-    Returns a `PreprocessReport`. Raises `InputError` when `brats_dir` holds no case, mixes label
-    conventions, or `out_dir` was written with other settings and `overwrite` is not set.
+    Returns a `PreprocessReport`. Raises `InputError` when `brats_dir` holds no case, mixes
+    conventions or fits none, or `out_dir` was written with other settings and `overwrite` is
+    not set.
     """
     check_preprocess_config(config)
     progress = progress or get_logger().info
     cases = find_cases(brats_dir)
-    if len({case.naming for case in cases}) > 1:
-        raise InputError(f"{brats_dir}: mixes BraTS 2023 naming (enhancing tumour = 3) with older "
-                         "releases (enhancing tumour = 4); preprocess them into separate folders")
+    found = detect_convention(cases, brats_dir, convention, scan_labels=True)
+    config = for_convention(config, found)
+    absent = [m for m in config.modalities if m not in found.modalities]
+    if absent:
+        raise InputError(f"--modalities {','.join(config.modalities)}: {found.name} cases have no "
+                         f"{', '.join(absent)} (they have {', '.join(found.modalities)})")
+    progress(f"{len(cases)} case(s) of {found.name} ({found.description}) in {brats_dir}"
+             + ("" if convention else " (detected; --convention overrides it)"))
     out_dir = Path(out_dir)
-    _claim_folder(out_dir, config, cases[0].labels, overwrite)
-    report = PreprocessReport(labels=cases[0].labels)
+    _claim_folder(out_dir, config, found, overwrite)
+    report = PreprocessReport(convention=found.name)
     todo = []
     for case in cases:
         if not overwrite and is_preprocessed(case, out_dir, config.modalities):

@@ -25,7 +25,8 @@ from unet3d.errors import InputError
 from unet3d.evaluation import format_summary
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
 from unet3d.io import remove_stale_temporaries
-from unet3d.labels import DEFAULT_LABELS, check_labels
+from unet3d.conventions import as_convention
+from unet3d.labels import output_names
 from unet3d.logs import get_logger
 from unet3d.losses import BCEDiceLoss, SoftDiceLoss
 from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coefficient_loss,
@@ -58,8 +59,8 @@ def check_config(config: TrainConfig) -> None:
                          "(with their model card inside)")
     if config.random_patches and (config.patch_shape is None or not config.steps_per_epoch):
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
-    if config.labels is not None:
-        check_labels(config.labels, 3 if config.target == "regions" else None, "--labels")
+    if config.convention is not None:
+        as_convention(config.convention)
     if config.validation_every < 1 or config.validation_cases < 1:
         raise InputError(f"--validation_every {config.validation_every}, --validation_cases "
                          f"{config.validation_cases}: at least 1")
@@ -104,13 +105,31 @@ def ensure_store(config: TrainConfig, chief: bool = True) -> DataStore:
                              "or brats/preprocess.py --data_file) before starting the workers")
         get_logger().info("building the data store %s from %s", path, config.preprocessed_dir)
         write_store_from_folder(config.preprocessed_dir, path, image_shape=config.image_shape,
-                                progress=get_logger().info)
+                                convention=config.convention, progress=get_logger().info)
     store = DataStore(path)
     if config.image_shape is not None and store.spatial_shape != tuple(config.image_shape) \
             and not config.patch_shape:
         raise InputError(f"{path} holds cases of {store.spatial_shape}, not the {config.image_shape} "
                          "this recipe trains on whole: rebuild it or give --patch_shape")
     return store
+
+
+def training_convention(config: TrainConfig, store: DataStore) -> str:
+    """The name of the convention trained on: `config.convention`, else the store's (brats2020
+    for the port's stores). A convention given that does not have each of the store's labels
+    with the same value for the same tissue is refused (a 4 is ET in brats2020, RC in
+    brats2024-gli)."""
+    recorded = store.convention
+    if config.convention is None:
+        return (recorded or as_convention(None)).name
+    given = as_convention(config.convention)
+    same = {(label.value, label.kind) for label in given.labels}
+    if recorded is not None and not all((label.value, label.kind) in same
+                                        for label in recorded.labels):
+        raise InputError(f"--convention {given.name} ({given.label_text}) does not give the "
+                         f"labels of {store.path} ({recorded.name}: {recorded.label_text}) "
+                         "their meaning; leave --convention out")
+    return given.name
 
 
 def _loss(config: TrainConfig):
@@ -125,12 +144,13 @@ def _loss(config: TrainConfig):
 
 def _metrics(config: TrainConfig, n_labels: int) -> list:
     if config.target == "regions":
-        return region_dice_metrics()
+        return region_dice_metrics(output_names(config.target, config.convention))
     return [dice_coefficient, *(LabelDiceCoefficient(i) for i in range(n_labels))]
 
 
 def build_model(config: TrainConfig, n_channels: int, n_labels: int) -> keras.Model:
-    """The compiled network of `config` for inputs of `n_channels`, fully convolutional."""
+    """The compiled network of `config` for inputs of `n_channels` and `n_labels` outputs (the
+    convention's regions or labels), fully convolutional."""
     input_shape = (None, None, None, n_channels)
     optimizer = keras.optimizers.Adam(learning_rate=config.initial_learning_rate)
     if config.model == "isensee2017":
@@ -152,7 +172,7 @@ def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
                   validation: list[int], global_batch: int, global_validation_batch: int):
     """(training, validation or None) datasets of `config` on the split (`training`,
     `validation` case indices); a validation dataset of patches with `--validation patches`."""
-    common = dict(target=config.target, labels=config.labels, seed=config.seed,
+    common = dict(target=config.target, labels=config.convention, seed=config.seed,
                   workers=config.workers)
     if config.random_patches:
         train = RandomPatchDataset(store, training, config.patch_shape, global_batch,
@@ -175,7 +195,8 @@ def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
 
 
 def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
-    """The model card of a model trained by `config` on `store` (labels already resolved)."""
+    """The model card of a model trained by `config` on `store` (convention already
+    resolved)."""
     modalities = tuple(store.modalities)
     if not modalities:
         modalities = MODALITIES
@@ -187,8 +208,9 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
             "normalised and resampled: the model card records this package's way (%s), which "
             "prediction of raw cases will use; its own store's cases (--validation) are as "
             "trained", store.path, store.space)
+    convention = as_convention(config.convention)
     return ModelCard(model=config.model, modalities=modalities, target=config.target,
-                     labels=tuple(config.labels),
+                     convention=convention.name, labels=convention.values,
                      patch_shape=config.patch_shape or store.space.image_shape,
                      space=store.space, preprocessing=store.preprocessing, spacing=store.spacing,
                      training=TrainingRecord(config.data_file, config.training_keys_file,
@@ -250,8 +272,7 @@ def train(config: TrainConfig) -> RunResult:
         if config.patch_shape is None:  # whole images of the store
             check_divisors(config, store.space.image_shape)
         state = claim_run(config, chief)  # after the checks: --overwrite removes the old run
-        config = dataclasses.replace(config, labels=tuple(config.labels or store.labels
-                                                          or DEFAULT_LABELS))
+        config = dataclasses.replace(config, convention=training_convention(config, store))
         training, validation = get_validation_split(
             store, config.training_keys_file, config.validation_keys_file, config.data_split,
             seed=config.seed, save=chief)
@@ -265,7 +286,8 @@ def train(config: TrainConfig) -> RunResult:
         if validation and config.validation == "cases":
             validator = CaseValidation(store, validation[:config.validation_cases],
                                        validation_window(config, store), config.target,
-                                       config.labels, config.validation_every, config.n_epochs)
+                                       config.convention, config.validation_every,
+                                       config.n_epochs)
         get_logger().info("training %s: %d replicas, global batch %d, precision %s, %d epochs",
                           config.model_file, replicas, config.batch_size, precision,
                           config.n_epochs)
@@ -273,7 +295,8 @@ def train(config: TrainConfig) -> RunResult:
                                  config.n_epochs, config.learning_rate_drop,
                                  config.learning_rate_epochs)
         result = run_training(
-            lambda: build_model(config, store.n_channels, len(config.labels)),
+            lambda: build_model(config, store.n_channels,
+                                len(output_names(config.target, config.convention))),
             lambda: make_datasets(config, store, training, validation, config.batch_size,
                                   config.validation_batch_size or config.batch_size),
             config.model_file, config.training_log, config.n_epochs, schedule,
@@ -303,6 +326,6 @@ def finish_run(config: TrainConfig, store: DataStore, validation: list[int],
         return
     get_logger().info("predicting the validation cases with the best model into %s", out_dir)
     rows = write_validation(load_old_model(config.model_file, compile=False), store, cases,
-                            validation_window(config, store), config.target, config.labels,
+                            validation_window(config, store), config.target, config.convention,
                             out_dir, config.training_log, about)
     get_logger().info(format_summary(rows))

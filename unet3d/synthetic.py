@@ -11,12 +11,16 @@ real ones do:
 - a tumour of random shape, size and position with nested sub-regions: oedema (label 2)
   outermost, an enhancing rim (4) around a necrotic core (1). Enhancing tumour is bright on T1ce,
   oedema bright on T2 and FLAIR, the whole tumour darker than WM on T1, necrosis dark on T1ce.
-  Every 4th case (1-based case 4, 8, ...) has no enhancing tumour; its core is necrosis only.
+  Every 4th case (1-based case 4, 8, ...) has no enhancing tumour; its core is necrosis only;
+- what a convention adds (`FEATURES`): a resection cavity beside the tumour (fluid: dark on t1,
+  t1ce and FLAIR, bright on t2) on the post-operative cases of brats2024-gli and on every other
+  brats2024-met case, a cyst inside the core (paediatric), several lesions (metastases).
 
-Files: `<out_dir>/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz` with case names
-`BraTS20_Training_001`, ... (naming "brats2020", enhancing tumour 4) or
-`<out_dir>/<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz` with case names `BraTS-GLI-00001-000`, ...
-(naming "brats2023", enhancing tumour 3). Images are int16, labels uint8, on a 1 mm grid with
+Files follow a convention of `unet3d.conventions` (`write_synthetic_case(..., convention=)`):
+its case names (`CASE_NAMES`: `BraTS20_Training_001`, `BraTS-GLI-00001-000`, ...), file names,
+modalities (t1c alone for MEN-RT; one 4D file for the Decathlon's layout) and label values, each
+tissue written as the convention numbers it (MEN-RT: the tumour core is its GTV, the oedema
+background). Images are int16, labels uint8, on a 1 mm grid with
 the BraTS affine (ITK direction identity, origin (0, -(shape[1] - 1), 0); nibabel reports the RAS
 affine diag(-1, -1, 1) with translation (0, shape[1] - 1, 0)).
 
@@ -41,11 +45,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
-from unet3d.brats import LABELS, SUFFIXES, case_file_name
+from unet3d.brats import MSD_IMAGES, MSD_LABELS
+from unet3d.conventions import Convention, get_convention
 from unet3d.errors import InputError
-from unet3d.io import Geometry, write_nifti
+from unet3d.io import Geometry, to_sitk, write_image, write_nifti
 
 #: Shape (x, y, z) of a BraTS image.
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
@@ -60,12 +66,13 @@ MODALITY_KEYS: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
 BACKGROUND, CSF, GREY_MATTER, WHITE_MATTER, TUMOUR = 0, 1, 2, 3, 4
 
 #: Noise-free intensity of each region per modality, indexed by region:
-#: (background, CSF, grey matter, white matter, necrosis, oedema, enhancing tumour).
+#: (background, CSF, grey matter, white matter, necrosis, oedema, enhancing tumour, resection
+#: cavity, cyst).
 INTENSITIES: dict[str, tuple[float, ...]] = {
-    "t1": (0.0, 250.0, 550.0, 800.0, 300.0, 600.0, 500.0),
-    "t1ce": (0.0, 300.0, 580.0, 780.0, 250.0, 620.0, 1500.0),
-    "t2": (0.0, 1800.0, 1100.0, 800.0, 1700.0, 1500.0, 1200.0),
-    "flair": (0.0, 150.0, 650.0, 500.0, 700.0, 1100.0, 850.0),
+    "t1": (0.0, 250.0, 550.0, 800.0, 300.0, 600.0, 500.0, 200.0, 350.0),
+    "t1ce": (0.0, 300.0, 580.0, 780.0, 250.0, 620.0, 1500.0, 220.0, 330.0),
+    "t2": (0.0, 1800.0, 1100.0, 800.0, 1700.0, 1500.0, 1200.0, 1900.0, 2000.0),
+    "flair": (0.0, 150.0, 650.0, 500.0, 700.0, 1100.0, 850.0, 120.0, 500.0),
 }
 
 #: Standard deviation of the additive Gaussian noise per modality.
@@ -74,8 +81,32 @@ NOISE_STD: dict[str, float] = {"t1": 25.0, "t1ce": 25.0, "t2": 30.0, "flair": 20
 #: The bias field is exp(BIAS_AMPLITUDE * f) with f a smooth field scaled to [-1, 1].
 BIAS_AMPLITUDE = 0.2
 
-# Label value (0, 1, 2, 4; index) -> region index into INTENSITIES; 0 keeps the tissue class.
-_LABEL_REGION = np.array([0, 4, 5, 0, 6], dtype=np.uint8)
+# Label value (0, 1, 2, 4, and 5 cavity, 6 cyst; index) -> region index into INTENSITIES; 0
+# keeps the tissue class.
+_LABEL_REGION = np.array([0, 4, 5, 0, 6, 7, 8], dtype=np.uint8)
+#: The tissue kind (`unet3d.conventions.KINDS`) of each label value of `SyntheticCase.label`.
+LABEL_KINDS = {1: "core", 2: "oedema", 4: "enhancing", 5: "cavity", 6: "cyst"}
+
+#: The case name of 1-based case `index` per convention (brats2024-gli: `post` is 1 for a
+#: post-operative case).
+CASE_NAMES: dict[str, str] = {
+    "brats2017": "TCGA-02-{index:04d}",
+    "brats2018": "Brats18_TCIA01_{index:03d}_1",
+    "brats2020": "BraTS20_Training_{index:03d}",
+    "brats2021": "BraTS2021_{index:05d}",
+    "brats2023-gli": "BraTS-GLI-{index:05d}-000",
+    "brats2023-men": "BraTS-MEN-{index:05d}-000",
+    "brats2023-met": "BraTS-MET-{index:05d}-000",
+    "brats2023-ssa": "BraTS-SSA-{index:05d}-000",
+    "brats2023-ped": "BraTS-PED-{index:05d}-000",
+    "brats2024-gli": "BraTS-GLI-{index:05d}-{post}00",
+    "brats2024-met": "BraTS-MET-{index:05d}-000",
+    "brats2024-ped": "BraTS-PED-{index:05d}-000",
+    "brats2024-men-rt": "BraTS-MEN-RT-{index:04d}-1",
+    "msd-task01": "BRATS_{index:03d}",
+}
+#: Sub-folder of the cases per convention (BraTS 2018's high-grade gliomas).
+CASE_FOLDERS = {"brats2018": "HGG"}
 
 # Brain semi-axes as fractions of the grid size (about 140 x 170 x 125 voxels in BraTS' grid).
 _BRAIN_SEMI_AXES = (0.29, 0.36, 0.40)
@@ -96,8 +127,9 @@ class SyntheticCase:
         images: int16 image per modality, keyed "t1", "t1ce", "t2", "flair". Inside the brain
             `image = clip(rint(clean * bias + noise), 1, 32767)`, with `clean = self.clean(key)`;
             0 outside the brain.
-        label: uint8 BraTS labels: 0 background, 1 necrosis, 2 oedema, 4 enhancing tumour (the
-            BraTS 2020 value; writers remap it to 3 for BraTS 2023 naming).
+        label: uint8 labels: 0 background, 1 necrosis, 2 oedema, 4 enhancing tumour (the
+            BraTS 2020 values), 5 resection cavity, 6 cyst (`LABEL_KINDS`); writers number them
+            as their convention does.
         tissue: uint8 class map: 0 background (outside the brain), 1 CSF, 2 grey matter,
             3 white matter, 4 tumour (every voxel with label > 0).
         bias: float32 multiplicative bias field per modality (smooth, about 0.82 to 1.22, defined
@@ -116,7 +148,7 @@ class SyntheticCase:
 
     def regions(self) -> np.ndarray:
         """uint8 region map indexing `INTENSITIES`: tissue 0-3 outside the tumour, then
-        4 necrosis, 5 oedema, 6 enhancing tumour."""
+        4 necrosis, 5 oedema, 6 enhancing tumour, 7 resection cavity, 8 cyst."""
         return np.where(self.label > 0, _LABEL_REGION[self.label], self.tissue)
 
     def clean(self, modality: str) -> np.ndarray:
@@ -237,15 +269,17 @@ def _draw_brain(shape: tuple[int, int, int], rng: np.random.Generator,
 
 
 def _draw_tumour(shape: tuple[int, int, int], brain: np.ndarray, center: np.ndarray,
-                 semi_axes: np.ndarray, rng: np.random.Generator, enhancing: bool) -> np.ndarray:
+                 semi_axes: np.ndarray, rng: np.random.Generator, enhancing: bool,
+                 scale: float = 1.0) -> np.ndarray:
     """uint8 label map with one tumour: oedema 2 around a core of enhancing rim 4 and necrosis 1
-    (necrosis only when not `enhancing`)."""
+    (necrosis only when not `enhancing`); `scale` scales its size."""
     # Centre: uniform in the inner half (in normalised brain coordinates) of the brain.
     offset = rng.uniform(-0.5, 0.5, 3)
     while np.linalg.norm(offset) > 0.5:
         offset = rng.uniform(-0.5, 0.5, 3)
     tumour_center = center + offset * semi_axes
-    radius = max(rng.uniform(*_TUMOUR_RADIUS) * float(semi_axes.mean()), _MIN_TUMOUR_RADIUS)
+    radius = max(rng.uniform(*_TUMOUR_RADIUS) * float(semi_axes.mean()) * scale,
+                 _MIN_TUMOUR_RADIUS)
     axes = radius * rng.uniform(0.7, 1.3, 3)
     rotation = _random_rotation(rng)
     core_fraction = rng.uniform(0.55, 0.8)
@@ -282,8 +316,67 @@ def _draw_tumour(shape: tuple[int, int, int], brain: np.ndarray, center: np.ndar
     return label
 
 
+def _sphere(shape: Sequence[int], center: np.ndarray, radius: float) -> np.ndarray:
+    """Boolean mask of the voxels within `radius` of `center`."""
+    box = _box(center, np.full(3, radius + 1), shape)
+    dx, dy, dz = _axis_coordinates(box, center)
+    mask = np.zeros(shape, dtype=bool)
+    mask[box] = dx * dx + dy * dy + dz * dz <= np.float32(radius) ** 2
+    return mask
+
+
+def _equivalent_radius(mask: np.ndarray) -> float:
+    return float((3 * mask.sum() / (4 * np.pi)) ** (1 / 3))
+
+
+def _add_features(label: np.ndarray, brain: np.ndarray, center: np.ndarray,
+                  semi_axes: np.ndarray, rng: np.random.Generator, features: Sequence[str],
+                  enhancing: bool) -> np.ndarray:
+    """`label` with the `features` drawn in: "lesions" (two more, smaller tumours), "cyst" (6, a
+    sphere inside the core), "cavity" (5, a fluid sphere beside the tumour, replacing oedema and
+    brain, never the core)."""
+    shape = label.shape
+    if "lesions" in features:  # up to two more, each apart from the others
+        for _ in range(30):
+            more = _draw_tumour(shape, brain, center, semi_axes, rng, enhancing, scale=0.5)
+            if not (ndimage.binary_dilation(more > 0, iterations=2) & (label > 0)).any():
+                label = np.where(more > 0, more, label)
+                if ndimage.label(label > 0)[1] >= 3:
+                    break
+    if "cyst" in features:
+        core = np.isin(label, (1, 4))
+        inner = ndimage.binary_erosion(core, iterations=2)
+        points = np.argwhere(inner if inner.any() else core)
+        middle = points[rng.integers(len(points))].astype(float)
+        label[_sphere(shape, middle, max(2.0, 0.45 * _equivalent_radius(core))) & core] = 6
+    if "cavity" in features:
+        tumour = label > 0
+        edge = np.argwhere(tumour & ~ndimage.binary_erosion(tumour))
+        point = edge[rng.integers(len(edge))].astype(float)
+        direction = point - np.argwhere(tumour).mean(axis=0)
+        direction /= max(float(np.linalg.norm(direction)), 1e-6)
+        radius = max(3.0, 0.5 * _equivalent_radius(tumour))
+        cavity = _sphere(shape, point + 0.6 * radius * direction, radius)
+        label[cavity & brain & np.isin(label, (0, 2))] = 5
+    return label
+
+
+def case_features(convention: Convention, index: int) -> tuple[str, ...]:
+    """What 1-based case `index` of `convention` has besides one tumour: "lesions"
+    (metastases), "cyst" (conventions with a cyst label), "cavity" (conventions with a resection
+    cavity: odd cases, the post-operative ones of brats2024-gli)."""
+    features = []
+    if convention.task == "MET":
+        features.append("lesions")
+    if convention.kind_value("cyst") is not None:
+        features.append("cyst")
+    if convention.kind_value("cavity") is not None and index % 2 == 1:
+        features.append("cavity")
+    return tuple(features)
+
+
 def generate_case(shape: Sequence[int], rng: np.random.Generator,
-                  enhancing: bool = True) -> SyntheticCase:
+                  enhancing: bool = True, features: Sequence[str] = ()) -> SyntheticCase:
     """Draw one synthetic case (a pure function of `shape`, the state of `rng` and `enhancing`).
 
     Args:
@@ -292,6 +385,7 @@ def generate_case(shape: Sequence[int], rng: np.random.Generator,
         rng: the random generator to draw from, e.g. `np.random.default_rng([seed, case])`.
         enhancing: whether the tumour has an enhancing rim (label 4); if not, its core is
             necrosis (label 1) only. The same `rng` state gives the same anatomy either way.
+        features: what else to draw (`case_features`): "lesions", "cyst", "cavity".
 
     Returns:
         A `SyntheticCase` of int16 images, uint8 labels (ET = 4), the uint8 tissue map and the
@@ -303,6 +397,8 @@ def generate_case(shape: Sequence[int], rng: np.random.Generator,
     shape = _check_shape(shape)
     brain, tissue, center, semi_axes = _draw_brain(shape, rng)
     label = _draw_tumour(shape, brain, center, semi_axes, rng, enhancing)
+    if features:
+        label = _add_features(label, brain, center, semi_axes, rng, features, enhancing)
     tissue[label > 0] = TUMOUR
 
     bias = {}
@@ -321,17 +417,25 @@ def generate_case(shape: Sequence[int], rng: np.random.Generator,
     return SyntheticCase(images=images, label=label, tissue=tissue, bias=bias)
 
 
-def _check_naming(naming: str) -> None:
-    if naming not in SUFFIXES or naming not in LABELS:
-        raise InputError(f"unknown naming {naming!r}; choose one of {sorted(SUFFIXES)}")
+def case_name(index: int, convention: str = "brats2020") -> str:
+    """The name of 1-based case `index` under a convention (`CASE_NAMES`):
+    `BraTS20_Training_001`, `BraTS-GLI-00001-000`, ..."""
+    convention = get_convention(convention)
+    return CASE_NAMES[convention.name].format(index=index, post=index % 2)
 
 
-def case_name(index: int, naming: str = "brats2020") -> str:
-    """BraTS name of the 1-based case `index`: `BraTS20_Training_001` or `BraTS-GLI-00001-000`."""
-    _check_naming(naming)
-    if naming == "brats2023":
-        return f"BraTS-GLI-{index:05d}-000"
-    return f"BraTS20_Training_{index:03d}"
+def convention_labels(label: np.ndarray, convention: Convention) -> np.ndarray:
+    """A synthetic label map (`SyntheticCase.label`) numbered as `convention` numbers each
+    tissue (`LABEL_KINDS`); a tissue it has no label for is background, except the core of a
+    convention with a GTV, which is its GTV."""
+    lookup = np.zeros(len(_LABEL_REGION), dtype=np.uint8)
+    gtv = convention.kind_value("gtv")
+    for value, kind in LABEL_KINDS.items():
+        written = convention.kind_value(kind)
+        if written is None and gtv is not None and kind in ("core", "enhancing"):
+            written = gtv
+        lookup[value] = written or 0
+    return lookup[label]
 
 
 def has_enhancing_tumour(index: int) -> bool:
@@ -354,46 +458,58 @@ def _check_seed(seed: int) -> int:
 
 def write_synthetic_case(out_dir: str | os.PathLike, index: int,
                          shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0,
-                         naming: str = "brats2020", overwrite: bool = False) -> Path:
+                         convention: str = "brats2020", overwrite: bool = False) -> Path:
     """Draw 1-based case `index` from `np.random.default_rng([seed, index])` and write it.
 
-    Writes `<out_dir>/<case>/` with the four int16 images and the uint8 label map under the
-    BraTS names of `naming` ("brats2020": ET = 4; "brats2023": ET = 3). Returns the case folder.
+    Writes `<out_dir>/<case>/` (`<out_dir>/HGG/<case>/` for brats2018) with the int16 images of
+    the convention's modalities and the uint8 label map under its names and label values
+    (`brats2023` is `brats2023-gli`), or for the Decathlon's layout `<out_dir>/imagesTr/<case>.nii.gz`
+    (4D) and `<out_dir>/labelsTr/<case>.nii.gz`. Returns the case folder (the 4D image file).
 
     Raises:
-        InputError: for a bad shape, seed, index or naming, or if the case folder exists and
+        InputError: for a bad shape, seed, index or convention, or if the case exists and
             `overwrite` is False.
     """
-    _check_naming(naming)
+    convention = get_convention(convention)
     shape = _check_shape(shape)
     seed = _check_seed(seed)
     if int(index) != index or index < 1:
         raise InputError(f"case index {index!r}: expected an integer >= 1")
-    name = case_name(int(index), naming)
-    case_dir = Path(out_dir) / name
+    index = int(index)
+    name = case_name(index, convention.name)
+    case_dir = _case_path(Path(out_dir), name, convention)
     if case_dir.exists() and not overwrite:
         raise InputError(f"{case_dir}: case folder already exists; pass overwrite=True "
                          "(--overwrite) to replace it or choose another output folder")
 
-    case = generate_case(shape, np.random.default_rng([seed, int(index)]),
-                         enhancing=has_enhancing_tumour(int(index)))
+    case = generate_case(shape, np.random.default_rng([seed, index]),
+                         enhancing=has_enhancing_tumour(index),
+                         features=case_features(convention, index))
     geometry = brats_geometry(shape)
-    for key in MODALITY_KEYS:
-        write_nifti(case.images[key], geometry, case_dir / case_file_name(name, key, naming),
+    label = convention_labels(case.label, convention)
+    if convention.layout == "msd":
+        volumes = [to_sitk(case.images[m], geometry) for m in convention.modalities]
+        write_image(sitk.JoinSeries(volumes), case_dir)
+        write_nifti(label, geometry, Path(out_dir) / MSD_LABELS / case_dir.name, dtype=np.uint8)
+        return case_dir
+    for key in convention.modalities:
+        write_nifti(case.images[key], geometry, case_dir / convention.case_file(name, key),
                     dtype=np.int16)
-    label = case.label
-    enhancing_value = LABELS[naming][2]
-    if enhancing_value != 4:
-        label = np.where(label == 4, np.uint8(enhancing_value), label)
-    write_nifti(label, geometry, case_dir / case_file_name(name, "seg", naming), dtype=np.uint8)
+    write_nifti(label, geometry, case_dir / convention.case_file(name, "seg"), dtype=np.uint8)
     return case_dir
+
+
+def _case_path(out_dir: Path, name: str, convention: Convention) -> Path:
+    if convention.layout == "msd":
+        return out_dir / MSD_IMAGES[0] / f"{name}.nii.gz"
+    return out_dir / CASE_FOLDERS.get(convention.name, "") / name
 
 
 def make_synthetic_brats(out_dir: str | os.PathLike, n_cases: int = 8,
                          shape: Sequence[int] = DEFAULT_SHAPE, seed: int = 0,
-                         naming: str = "brats2020", overwrite: bool = False,
+                         convention: str = "brats2020", overwrite: bool = False,
                          progress: Callable[[int, int, Path, float], None] | None = None,
-                         ) -> list[Path]:
+                         naming: str | None = None) -> list[Path]:
     """Write `n_cases` synthetic BraTS cases (1 to `n_cases`) under `out_dir`.
 
     Args:
@@ -401,10 +517,12 @@ def make_synthetic_brats(out_dir: str | os.PathLike, n_cases: int = 8,
         n_cases: number of cases, at least 1 (default 8; cases 4 and 8 have no enhancing tumour).
         shape: grid size (x, y, z), each at least 32; default BraTS' (240, 240, 155).
         seed: non-negative integer; case k draws from `np.random.default_rng([seed, k])`.
-        naming: "brats2020" (`BraTS20_Training_001/BraTS20_Training_001_t1ce.nii.gz`, ET = 4)
-            or "brats2023" (`BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1c.nii.gz`, ET = 3).
+        convention: a convention of `unet3d.conventions` ("brats2020":
+            `BraTS20_Training_001/BraTS20_Training_001_t1ce.nii.gz`, ET = 4; "brats2023-gli":
+            `BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1c.nii.gz`, ET = 3; ...).
         overwrite: replace existing case folders instead of refusing.
         progress: called after each case as `progress(index, n_cases, case_dir, seconds)`.
+        naming: unet3d 0.2's name of `convention` (it wins when given).
 
     Returns:
         The case folders, in order.
@@ -413,7 +531,7 @@ def make_synthetic_brats(out_dir: str | os.PathLike, n_cases: int = 8,
         InputError: for bad arguments, or (before anything is written) if a case folder exists
             and `overwrite` is False.
     """
-    _check_naming(naming)
+    convention = get_convention(naming or convention)
     shape = _check_shape(shape)
     seed = _check_seed(seed)
     if isinstance(n_cases, bool) or int(n_cases) != n_cases or n_cases < 1:
@@ -423,7 +541,7 @@ def make_synthetic_brats(out_dir: str | os.PathLike, n_cases: int = 8,
         raise InputError(f"{out_dir}: output path exists and is not a folder; choose another")
     if not overwrite:
         for index in range(1, int(n_cases) + 1):
-            case_dir = out_dir / case_name(index, naming)
+            case_dir = _case_path(out_dir, case_name(index, convention.name), convention)
             if case_dir.exists():
                 raise InputError(f"{case_dir}: case folder already exists; pass overwrite=True "
                                  "(--overwrite) to replace it or choose another output folder")
@@ -431,7 +549,8 @@ def make_synthetic_brats(out_dir: str | os.PathLike, n_cases: int = 8,
     case_dirs = []
     for index in range(1, int(n_cases) + 1):
         start = time.perf_counter()
-        case_dir = write_synthetic_case(out_dir, index, shape, seed, naming, overwrite=True)
+        case_dir = write_synthetic_case(out_dir, index, shape, seed, convention.name,
+                                        overwrite=True)
         case_dirs.append(case_dir)
         if progress is not None:
             progress(index, int(n_cases), case_dir, time.perf_counter() - start)

@@ -37,7 +37,6 @@ from unet3d.config import PAPER, SCHEDULES
 from unet3d.distribution import is_chief, prepare_model
 from unet3d.errors import InputError
 from unet3d.io import atomic_write, remove_stale_temporaries
-from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
 from unet3d.model.card import ModelCard
 from unet3d.model.saving import load_old_model, save_model
@@ -281,8 +280,10 @@ class EpochLog(keras.callbacks.Callback):
         logs = logs or {}
         parts = [f"{name} {logs[name]:.4f}" for name in ("loss", "val_loss") if name in logs]
         if "val_dice_mean" in logs:
+            regions = [key[len("val_dice_"):] for key in logs
+                       if key.startswith("val_dice_") and key != "val_dice_mean"]
             parts.append("val Dice " + " ".join(f"{r.upper()} {logs[f'val_dice_{r}']:.3f}"
-                                                for r in REGION_NAMES)
+                                                for r in regions)
                          + f" (mean {logs['val_dice_mean']:.3f})")
         rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         get_logger().info(f"epoch {epoch + 1}/{self.n_epochs}: {', '.join(parts)}, learning rate "

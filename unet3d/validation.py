@@ -25,6 +25,7 @@ from unet3d.config import PredictConfig
 from unet3d.data import DataStore
 from unet3d.evaluation import dice, evaluate_folder, region_masks
 from unet3d.io import atomic_folder, write_nifti
+from unet3d.conventions import ConventionLike, as_convention
 from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
 from unet3d.prediction import predict_store_case, predicted_labels, to_native_grid
@@ -32,51 +33,65 @@ from unet3d.prediction import predict_store_case, predicted_labels, to_native_gr
 #: The record of which model `write_validation` predicted with.
 VALIDATED = "validated.json"
 
-#: What the validation adds to an epoch's logs: the mean Dice of each region and their mean.
-DICE_KEYS = tuple(f"val_dice_{region}" for region in REGION_NAMES) + ("val_dice_mean",)
+
+def dice_keys(regions: Sequence[str] = REGION_NAMES) -> tuple[str, ...]:
+    """What the validation adds to an epoch's logs: the mean Dice of each of the convention's
+    regions and their mean (`val_dice_wt`, ..., `val_dice_mean`)."""
+    return tuple(f"val_dice_{region}" for region in regions) + ("val_dice_mean",)
+
+
+#: The keys of the 2017-2023 conventions (regions WT, TC, ET).
+DICE_KEYS = dice_keys()
 
 
 def predict_case(model: keras.Model, store: DataStore, case: int, config: PredictConfig,
-                 target: str, labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+                 target: str, convention: ConventionLike) -> tuple[np.ndarray, np.ndarray]:
     """(prediction, truth) label maps of store case `case` on its native grid
     (`DataStore.native_grid`): the prediction as brats/predict.py makes it (probabilities put on
     the grid, then labelled), the truth as the store holds it (the original labels for stores at
     native resolution; for resampled stores, the stored labels resampled back)."""
     probabilities = predict_store_case(model, store, case, config)
-    return (predicted_labels(probabilities, target, labels, config),
+    convention = as_convention(convention)
+    session = convention.session(store.subject_ids[case])
+    return (predicted_labels(probabilities, target, convention, config, session),
             to_native_grid(store.read_truth(case), store, case))
 
 
 def score_cases(model: keras.Model, store: DataStore, cases: Sequence[int],
-                config: PredictConfig, target: str, labels: Sequence[int]) -> list[dict]:
-    """One row per case: {"case": subject id, "wt_dice": ..., "tc_dice": ..., "et_dice": ...}."""
+                config: PredictConfig, target: str, convention: ConventionLike) -> list[dict]:
+    """One row per case: {"case": subject id, "wt_dice": ..., ...}, the Dice of each of the
+    convention's training regions."""
+    convention = as_convention(convention)
     rows = []
     for case in cases:
-        prediction, truth = predict_case(model, store, case, config, target, labels)
-        truth_masks = region_masks(truth, labels, f"{store.path} case {case}")
-        pred_masks = region_masks(prediction, labels, f"the prediction of case {case}")
+        prediction, truth = predict_case(model, store, case, config, target, convention)
+        truth_masks = region_masks(truth, convention, f"{store.path} case {case}",
+                                   convention.regions)
+        pred_masks = region_masks(prediction, convention, f"the prediction of case {case}",
+                                  convention.regions)
         rows.append({"case": store.subject_ids[case],
                      **{f"{region}_dice": dice(truth_masks[region], pred_masks[region])
-                        for region in REGION_NAMES}})
+                        for region in convention.region_names}})
     return rows
 
 
 def mean_dice(rows: Sequence[dict]) -> dict[str, float]:
-    """The `DICE_KEYS` of `score_cases`' rows."""
+    """The `dice_keys` of `score_cases`' rows."""
+    regions = [key[:-len("_dice")] for key in rows[0] if key.endswith("_dice")]
     means = {f"val_dice_{region}": float(np.mean([row[f"{region}_dice"] for row in rows]))
-             for region in REGION_NAMES}
+             for region in regions}
     return {**means, "val_dice_mean": float(np.mean(list(means.values())))}
 
 
 class CaseValidation(keras.callbacks.Callback):
-    """Adds the whole-case Dice (`DICE_KEYS`) to the logs of every `every`-th epoch and of the
+    """Adds the whole-case Dice (`dice_keys`) to the logs of every `every`-th epoch and of the
     last (`n_epochs`); the seconds it took go to `seconds` (per validated case)."""
 
     def __init__(self, store: DataStore, cases: Sequence[int], config: PredictConfig,
-                 target: str, labels: Sequence[int], every: int, n_epochs: int):
+                 target: str, convention: ConventionLike, every: int, n_epochs: int):
         super().__init__()
         self.store, self.cases, self.config = store, list(cases), config
-        self.target, self.labels = target, tuple(labels)
+        self.target, self.convention = target, as_convention(convention)
         self.every, self.n_epochs = int(every), int(n_epochs)
         self.seconds: list[float] = []
 
@@ -87,13 +102,13 @@ class CaseValidation(keras.callbacks.Callback):
             return
         start = time.monotonic()
         rows = score_cases(self.model, self.store, self.cases, self.config, self.target,
-                           self.labels)
+                           self.convention)
         self.seconds.append((time.monotonic() - start) / len(self.cases))
         logs.update(mean_dice(rows))
 
 
 def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
-                     config: PredictConfig, target: str, labels: Sequence[int],
+                     config: PredictConfig, target: str, convention: ConventionLike,
                      out_dir: str | Path, training_log: str | Path | None = None,
                      about: dict | None = None) -> list[dict]:
     """Predict the validation `cases` with `model` into `out_dir/predictions/<case>.nii.gz` (on
@@ -105,12 +120,12 @@ def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
     with atomic_folder(out_dir) as tmp:
         for count, case in enumerate(cases, start=1):
             name = store.subject_ids[case].replace(" ", "_")
-            prediction, truth = predict_case(model, store, case, config, target, labels)
+            prediction, truth = predict_case(model, store, case, config, target, convention)
             grid = store.native_grid(case)
             write_nifti(prediction, grid, tmp / "predictions" / f"{name}.nii.gz", dtype=np.uint8)
             write_nifti(truth, grid, tmp / "truths" / f"{name}_seg.nii.gz", dtype=np.uint8)
             get_logger().info(f"[{count}/{len(cases)}] validation case {name} predicted")
-        rows = evaluate_folder(tmp / "predictions", tmp / "truths", tmp, labels=labels,
+        rows = evaluate_folder(tmp / "predictions", tmp / "truths", tmp, convention=convention,
                                training_log=training_log, overlays=False)
         (tmp / VALIDATED).write_text(json.dumps(about or {}, indent=1) + "\n")
     return rows

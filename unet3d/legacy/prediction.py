@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from unet3d.config import PredictConfig
+from unet3d.conventions import as_convention
 from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, model_predictor, predict_with_tta, tta_transforms
@@ -103,8 +104,9 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
     label, trained on the store's cases, its windows its input size (the store's whole images
     for a fully convolutional one). Returns the case folders written.
     """
+    convention = as_convention(tuple(labels))
     config = PredictConfig(threshold=threshold, tta="permute" if permute else "none",
-                           weighting="constant", labels=tuple(labels),
+                           weighting="constant", convention=convention.name,
                            modalities=tuple(training_modalities))
     model = load_old_model(model_file, compile=False)
     card = None
@@ -113,7 +115,8 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
             space = store.space
         fixed = tuple(model.input_shape[1:4])
         card = ModelCard(model="external", modalities=tuple(training_modalities),
-                         target="labels", labels=tuple(labels),
+                         target="labels", convention=convention.name,
+                         labels=convention.values,
                          patch_shape=fixed if None not in fixed else space.image_shape,
                          space=space, preprocessing=None, spacing=None, training=None,
                          unet3d_version="unknown")

@@ -15,9 +15,11 @@ the file. For a file without one, `<path>.json` is read only if it holds the tra
 unet3d 0.1 wrote there (converted; they did not record the N4 settings or the voxel spacing); a
 card copy there belongs to a file that was replaced since, and is refused.
 
-Schema versions: 1 (unet3d 0.2). A card of a newer schema is refused with what to do; a card
-that misses a field, has an unknown one, or a value of the wrong type or out of range is refused
-naming the file, never filled with a default.
+Schema versions: 1 (unet3d 0.2), 2 (adds the convention: the BraTS release or task whose labels
+and regions the model was trained on). Schema 1 cards are read with the convention of their
+labels (1, 2, 4: brats2020; 1, 2, 3: brats2023-gli). A card of a newer schema is refused with
+what to do; a card that misses a field, has an unknown one, or a value of the wrong type or out
+of range is refused naming the file, never filled with a default.
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from typing import Any
 import unet3d
 from unet3d.brats import MODALITIES
 from unet3d.config import TARGETS, from_plain, to_plain
+from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels
 from unet3d.errors import InputError
 from unet3d.io import atomic_write
-from unet3d.labels import check_labels, output_names
+from unet3d.labels import output_names
 from unet3d.model_space import ModelSpace
 from unet3d.preprocessing import PreprocessConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: The member of the `.keras` zip archive holding the card.
 CARD_MEMBER = "unet3d_card.json"
 
@@ -64,8 +67,11 @@ class ModelCard:
 
     model: the network ("isensee2017", "unet3d"; "external" for a model described by flags).
     modalities: the input channels, in order (e.g. ("t1", "t1ce", "flair", "t2")).
-    target: "regions" (outputs WT, TC, ET) or "labels" (one output per value of `labels`).
-    labels: the label values of the training truths (NCR/NET, ED, ET for BraTS).
+    target: "regions" (outputs: the convention's regions, e.g. WT, TC, ET) or "labels" (one
+        output per value of `labels`).
+    convention: the BraTS release or task of the training truths (`unet3d.conventions`), or
+        "labels-A-B-C" for a custom label triple.
+    labels: the label values of the training truths (the convention's).
     patch_shape: the training patch, the prediction window; None: trained on whole volumes.
     space: how cases were brought to the model's space (`unet3d.model_space.ModelSpace`).
     preprocessing: the N4 settings of the training cases (`PreprocessConfig`); None: not recorded.
@@ -78,6 +84,7 @@ class ModelCard:
     model: str
     modalities: tuple[str, ...]
     target: str
+    convention: str
     labels: tuple[int, ...]
     patch_shape: tuple[int, int, int] | None
     space: ModelSpace
@@ -88,9 +95,14 @@ class ModelCard:
     schema_version: int = SCHEMA_VERSION
 
     @property
+    def entry(self) -> Convention:
+        """The convention's entry (for a custom triple, the 2020 regions on its values)."""
+        return CONVENTIONS.get(self.convention) or convention_for_labels(self.labels)
+
+    @property
     def output_names(self) -> tuple[str, ...]:
-        """Names of the output channels (wt, tc, et or label_<value>)."""
-        return output_names(self.target, self.labels)
+        """Names of the output channels (wt, tc, et, ... or label_<value>)."""
+        return output_names(self.target, self.entry)
 
     def to_json(self) -> str:
         return json.dumps(to_plain(self), indent=2) + "\n"
@@ -114,6 +126,9 @@ def card_from_dict(data: Any, source: str) -> ModelCard:
         raise InputError(f"{source}: a model card of schema {version}, written by unet3d "
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
+    if version == 1 and isinstance(data.get("labels"), list) and "convention" not in data:
+        data = {**data, "schema_version": SCHEMA_VERSION,
+                "convention": _convention_of_labels(data["labels"], source)}
     card = from_plain(ModelCard, data, source)
     check_card(card, source)
     return card
@@ -133,11 +148,26 @@ def check_card(card: ModelCard, source: str) -> None:
         if value is not None and (len(value) != 3 or min(value) <= 0):
             problems.append(f"{name} {list(value)} is not three positive sizes")
     try:
-        check_labels(card.labels, 3 if card.target == "regions" else None)
+        convention = card.entry
+        if tuple(card.labels) != convention.values:
+            problems.append(f"labels {list(card.labels)} are not those of convention "
+                            f"{card.convention} {list(convention.values)}")
+        elif card.convention not in CONVENTIONS and card.convention != convention.name:
+            problems.append(f"convention {card.convention!r} is not one of "
+                            f"{', '.join(CONVENTIONS)}")
     except InputError as error:
         problems.append(str(error))
     if problems:
         raise InputError(f"{source}: not a valid model card: {'; '.join(problems)}")
+
+
+def _convention_of_labels(labels: list, source: str) -> str:
+    """The convention of the label values a card of unet3d 0.2 or 0.1 recorded."""
+    try:
+        return convention_for_labels(labels).name
+    except (InputError, TypeError, ValueError):
+        raise InputError(f"{source}: labels {labels!r} are not a BraTS label triple: the card "
+                         "was edited; restore it from a copy of the model") from None
 
 
 def _card_from_training_settings(settings: dict, source: str) -> ModelCard:
@@ -154,7 +184,9 @@ def _card_from_training_settings(settings: dict, source: str) -> ModelCard:
     training = TrainingRecord(settings["data_file"], settings["training_keys_file"],
                               settings["validation_keys_file"], settings)
     return ModelCard(model=settings["model"], modalities=tuple(settings["modalities"]),
-                     target=settings["target"], labels=tuple(settings["labels"]),
+                     target=settings["target"],
+                     convention=_convention_of_labels(settings["labels"], source),
+                     labels=tuple(settings["labels"]),
                      patch_shape=tuple(patch_shape) if patch_shape else None,
                      space=ModelSpace(image_shape), preprocessing=None, spacing=None,
                      training=training, unet3d_version="0.1.0")
