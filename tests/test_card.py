@@ -223,6 +223,8 @@ def embed_text(path, text: str) -> None:
     (lambda d: {**d, "modalities": ["t1", "t1ce", "flair", "xx"]}, "not distinct modalities"),
     (lambda d: {**d, "labels": [1, 2, 300]}, r"labels \[1, 2, 300\] are not those of conven"),
     (lambda d: {**d, "convention": "brats1999"}, "convention 'brats1999' is not one of"),
+    (lambda d: {**d, "outputs": ["wt", "et", "tc"]},
+     r"its outputs wt, et, tc are not those this unet3d decodes for brats2020 \(wt, tc, et\)"),
     (lambda d: {**d, "target": "blobs"}, "target 'blobs' is not one of"),
     (lambda d: {**d, "patch_shape": [16, 0, 16]}, "patch_shape .16, 0, 16. is not three"),
     (lambda d: {k: v for k, v in d.items() if k != "target"}, "misses target"),

@@ -227,7 +227,7 @@ def test_every_convention_end_to_end_without_a_convention_flag(name, tmp_path):
     train(config)
     card = read_card(tmp_path / "run" / "model.keras")
     assert card.convention == name and card.modalities == convention.modalities
-    assert card.output_names == convention.region_names
+    assert card.output_names == card.outputs == convention.region_names
     done = predict_cases(tmp_path / "run" / "model.keras", tmp_path / "raw", tmp_path / "out",
                          PredictConfig(bias_correction=False), progress=lambda line: None)
     assert len(done.done) == 4 and not done.failed

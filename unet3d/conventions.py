@@ -33,9 +33,9 @@ from unet3d.errors import InputError
 #: The kinds of labelled tissue.
 KINDS = ("core", "oedema", "enhancing", "cavity", "cyst", "gtv")
 
-#: Scoring editions (`unet3d.evaluation`): whole-image Dice/HD95 (up to 2022), lesion-wise 2023,
-#: lesion-wise 2024.
-SCORING_EDITIONS = ("legacy", "lesion-2023", "lesion-2024")
+#: Scoring editions: whole-image Dice/HD95 (up to 2022), the lesion-wise evaluators of 2023 and
+#: 2024, and the current official package (panoptica).
+SCORING_EDITIONS = ("legacy", "brats2023", "brats2024", "panoptica")
 
 
 @dataclass(frozen=True)
@@ -152,21 +152,21 @@ _ENTRIES = (
            example="BraTS2021_00000/BraTS2021_00000_{t1,t1ce,t2,flair,seg}.nii.gz"),
     _entry("brats2023-gli", "BraTS 2023 adult glioma (pre-operative)", "GLI", _FILES_2023,
            r"BraTS-GLI-\d{5}-0\d{2}", _LABELS_2023, _REGIONS_2023, small_et=(3, 1),
-           scoring="lesion-2023",
+           scoring="brats2023",
            example="BraTS-GLI-00000-000/BraTS-GLI-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2023-men", "BraTS 2023 meningioma", "MEN", _FILES_2023,
-           _ID_2023.format(task="MEN"), _LABELS_2023, _REGIONS_2023, scoring="lesion-2023",
+           _ID_2023.format(task="MEN"), _LABELS_2023, _REGIONS_2023, scoring="brats2023",
            example="BraTS-MEN-00000-000/BraTS-MEN-00000-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2023-met", "BraTS 2023 brain metastases", "MET", _FILES_2023,
-           _ID_2023.format(task="MET"), _LABELS_2023, _REGIONS_2023, scoring="lesion-2023",
+           _ID_2023.format(task="MET"), _LABELS_2023, _REGIONS_2023, scoring="brats2023",
            example="BraTS-MET-00001-000/BraTS-MET-00001-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2023-ssa", "BraTS 2023 Sub-Saharan Africa glioma", "SSA", _FILES_2023,
            _ID_2023.format(task="SSA"), _LABELS_2023, _REGIONS_2023, small_et=(3, 1),
-           scoring="lesion-2023",
+           scoring="brats2023",
            example="BraTS-SSA-00002-000/BraTS-SSA-00002-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2023-ped", "BraTS 2023 paediatric tumours (the 2023 glioma labels)", "PED",
            _FILES_2023, _ID_2023.format(task="PED"), _LABELS_2023, _REGIONS_2023,
-           small_et=(3, 1), scoring="lesion-2023",
+           small_et=(3, 1), scoring="brats2023",
            example="BraTS-PED-00001-000/BraTS-PED-00001-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2024-gli", "BraTS 2024-2025 adult glioma, pre- and post-treatment (resection "
            "cavity; id ending -0xx pre-operative, -1xx post-operative)", "GLI", _FILES_2023,
@@ -174,12 +174,12 @@ _ENTRIES = (
            (*_REGIONS_2023, Region("rc", (4,))),
            scored=(*_REGIONS_2023, Region("rc", (4,)), Region("netc", (1,)),
                    Region("snfh", (2,))),
-           small_et=(3, 1), scoring="lesion-2024", postoperative_only=(4,),
+           small_et=(3, 1), scoring="brats2024", postoperative_only=(4,),
            sessions={"0": "pre-operative", "1": "post-operative"},
            example="BraTS-GLI-02073-100/BraTS-GLI-02073-100-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2024-met", "BraTS 2024-2025 brain metastases (resection cavity)", "MET",
            _FILES_2023, _ID_2023.format(task="MET"), (*_LABELS_2023, _RC),
-           (*_REGIONS_2023, Region("rc", (4,))), scoring="lesion-2024",
+           (*_REGIONS_2023, Region("rc", (4,))), scoring="brats2024",
            example="BraTS-MET-00001-000/BraTS-MET-00001-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2024-ped", "BraTS 2024-2025 paediatric tumours (cystic component)", "PED",
            _FILES_2023, _ID_2023.format(task="PED"),
@@ -189,11 +189,11 @@ _ENTRIES = (
             Region("cc", (3,))),
            scored=(Region("et", (1,)), Region("tc", (1, 2, 3)), Region("wt", (1, 2, 3, 4)),
                    Region("cc", (3,)), Region("ed", (4,))),
-           small_et=(1, 2), scoring="lesion-2024",
+           small_et=(1, 2), scoring="brats2024",
            example="BraTS-PED-00001-000/BraTS-PED-00001-000-{t1n,t1c,t2w,t2f,seg}.nii.gz"),
     _entry("brats2024-men-rt", "BraTS 2024 meningioma radiotherapy (t1c only, one GTV)", "MEN-RT",
            {"t1ce": "-t1c", "seg": "-gtv"}, r"BraTS-MEN-RT-\d{4}-\d+",
-           (Label(1, "GTV", "gtv"),), (Region("gtv", (1,)),), scoring="lesion-2024",
+           (Label(1, "GTV", "gtv"),), (Region("gtv", (1,)),), scoring="brats2024",
            example="BraTS-MEN-RT-0001-1/BraTS-MEN-RT-0001-1-{t1c,gtv}.nii.gz"),
     _entry("msd-task01", "Medical Segmentation Decathlon Task01_BrainTumour (4D images)",
            "GLI", {"flair": "", "t1": "", "t1ce": "", "t2": "", "seg": ""}, r"BRATS_\d{3}",

@@ -211,6 +211,7 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
     convention = as_convention(config.convention)
     return ModelCard(model=config.model, modalities=modalities, target=config.target,
                      convention=convention.name, labels=convention.values,
+                     outputs=output_names(config.target, convention),
                      patch_shape=config.patch_shape or store.space.image_shape,
                      space=store.space, preprocessing=store.preprocessing, spacing=store.spacing,
                      training=TrainingRecord(config.data_file, config.training_keys_file,

@@ -77,6 +77,9 @@ class ModelCard:
     preprocessing: the N4 settings of the training cases (`PreprocessConfig`); None: not recorded.
     spacing: the median voxel size (mm) of the training cases' native grids; None: not recorded.
     training: the store and split it was trained on (None for a model described by flags).
+    outputs: the output channels' names when it was trained (e.g. wt, tc, et, rc), checked
+        against the convention's when read, so that a changed registry entry cannot decode an
+        old model wrongly; () for a model described by flags.
     unet3d_version: the version that wrote the card.
     schema_version: the card format (`SCHEMA_VERSION`).
     """
@@ -91,6 +94,7 @@ class ModelCard:
     preprocessing: PreprocessConfig | None
     spacing: tuple[float, float, float] | None
     training: TrainingRecord | None
+    outputs: tuple[str, ...] = ()
     unet3d_version: str = unet3d.__version__
     schema_version: int = SCHEMA_VERSION
 
@@ -127,7 +131,7 @@ def card_from_dict(data: Any, source: str) -> ModelCard:
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
     if version == 1 and isinstance(data.get("labels"), list) and "convention" not in data:
-        data = {**data, "schema_version": SCHEMA_VERSION,
+        data = {**data, "schema_version": SCHEMA_VERSION, "outputs": [],
                 "convention": _convention_of_labels(data["labels"], source)}
     card = from_plain(ModelCard, data, source)
     check_card(card, source)
@@ -155,6 +159,10 @@ def check_card(card: ModelCard, source: str) -> None:
         elif card.convention not in CONVENTIONS and card.convention != convention.name:
             problems.append(f"convention {card.convention!r} is not one of "
                             f"{', '.join(CONVENTIONS)}")
+        elif card.outputs and tuple(card.outputs) != card.output_names:
+            problems.append(f"its outputs {', '.join(card.outputs)} are not those this unet3d "
+                            f"decodes for {card.convention} ({', '.join(card.output_names)}): "
+                            f"use the unet3d version that trained it ({card.unet3d_version})")
     except InputError as error:
         problems.append(str(error))
     if problems:
