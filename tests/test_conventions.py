@@ -383,3 +383,52 @@ def test_a_pre_operative_case_keeps_the_tissue_under_a_dropped_cavity():
     assert predicted_labels(voxel, "regions", gli, PredictConfig(), "pre-operative")[0, 0, 0] == 3
     labels = np.array([[[[0.1, 0.1, 0.55, 0.6]]]], np.float32)  # one output per label value
     assert predicted_labels(labels, "labels", gli, PredictConfig(), "pre-operative")[0, 0, 0] == 3
+
+
+def test_flat_truths_of_any_release_are_detected(folders, tmp_path):
+    """<case>-seg.nii.gz side by side (2023+), <case>-gtv.nii.gz (MEN-RT): detected from the
+    ids; no brats2020 fallback for BraTS ids, even with labels brats2020 has."""
+    from unet3d.evaluation import truth_convention
+
+    for name in ("brats2024-gli", "brats2024-men-rt"):
+        flat = tmp_path / name
+        flat.mkdir()
+        for case in find_cases(folders / name):
+            shutil.copy(case.label, flat / case.label.name)
+        assert truth_convention(flat).name == name
+
+
+def test_a_copy_of_a_label_file_beside_the_cases_is_not_a_case(folders, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(folders / "brats2020", root)
+    case = find_cases(root)[0]
+    shutil.copy(case.label, root / case.label.name)  # a stray copy at the top
+    (root / "labels").mkdir()
+    shutil.copy(case.label, root / "labels" / case.label.name)
+    assert [c.name for c in find_cases(root)] == [c.name for c in find_cases(folders / "brats2020")]
+    assert all(c.images for c in find_cases(root))
+
+
+def test_a_store_is_not_built_with_a_convention_changing_what_the_labels_mean(folders, tmp_path):
+    from types import SimpleNamespace
+
+    from unet3d.config import TrainConfig
+    from unet3d.data import write_store_from_folder
+    from unet3d.preprocessing import preprocess_brats
+    from unet3d.recipes import training_convention
+
+    preprocess_brats(folders / "brats2020", tmp_path / "pre", progress=lambda line: None)
+    with pytest.raises(InputError, match="--convention brats2024-gli .* does not give the labels"):
+        write_store_from_folder(tmp_path / "pre", tmp_path / "s.h5", convention="brats2024-gli")
+    assert not (tmp_path / "s.h5").exists()
+    port_store = SimpleNamespace(convention=None, path="port.h5")  # no labels recorded
+    with pytest.raises(InputError, match=r"labels of port.h5 \(brats2020"):
+        training_convention(TrainConfig(convention="brats2024-gli"), port_store)
+
+
+def test_an_undetected_case_is_read_with_the_first_convention_it_fits(folders):
+    from unet3d.preprocessing import PreprocessConfig, correct_case
+
+    case = find_cases(folders / "brats2024-men-rt")[0]  # detect_convention not called
+    images, label, _ = correct_case(case, PreprocessConfig(bias_correction=()))
+    assert list(images) == ["t1ce"] and set(np.unique(label)) <= {0, 1}

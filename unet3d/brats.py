@@ -95,9 +95,15 @@ class Case:
     channels: dict[str, int] | None = None
 
     @property
+    def entry(self) -> Convention:
+        """Its convention: the one set by `detect_convention`, else the first it fits, else
+        brats2020."""
+        return get_convention(self.convention or (*self.candidates, DEFAULT_CONVENTION)[0])
+
+    @property
     def labels(self) -> tuple[int, ...]:
         """The label values of this case's convention."""
-        return get_convention(self.convention or "brats2020").values
+        return self.entry.values
 
     @property
     def session(self) -> str | None:
@@ -108,7 +114,7 @@ class Case:
         """Raise `InputError` naming the case and the missing files if a modality is absent."""
         missing = [m for m in modalities if m not in self.images]
         if missing:
-            convention = get_convention(self.convention or (self.candidates or ("brats2020",))[0])
+            convention = self.entry
             names = ", ".join(convention.case_file(self.name, m) for m in missing
                               if m in convention.files)
             example = f"; expected a file named like {names}" if names else ""
@@ -244,7 +250,10 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
 
 
 def _unique(cases: list[Case], root: Path) -> list[Case]:
-    """`cases` sorted by name; `InputError` when there is none or a name appears twice."""
+    """`cases` sorted by name, without label files alone whose case is found with its images
+    (a copy beside the cases); `InputError` when there is none or a name appears twice."""
+    imaged = {case.name for case in cases if case.images}
+    cases = [case for case in cases if case.images or case.name not in imaged]
     if not cases:
         raise InputError(
             f"{root}: no BraTS cases found. Expected one folder per case holding "
@@ -288,7 +297,8 @@ def detect_convention(cases: Sequence[Case], where: str | os.PathLike,
 def _common_convention(cases: Sequence[Case], where, scan_labels: bool,
                        fallback: bool) -> Convention:
     unknown = [case.name for case in cases if not case.candidates]
-    if unknown and fallback and _label_values(cases, where) <= set(DEFAULT.values):
+    if unknown and fallback and _no_release_names(cases) and any(c.label for c in cases) \
+            and _label_values(cases, where) <= set(DEFAULT.values):
         get_logger().warning(f"{where}: the names of {len(unknown)} case(s) fit no known BraTS "
                              f"convention (seen: {_listed(unknown)}); read as {DEFAULT.name}, "
                              "whose labels they have (--convention sets another)")
@@ -311,6 +321,12 @@ def _common_convention(cases: Sequence[Case], where, scan_labels: bool,
         seen = _label_values(cases, where, f"to tell {' from '.join(common)}")
         common = [name for name in common if seen <= set(CONVENTIONS[name].values)] or common
     return CONVENTIONS[common[0]]
+
+
+def _no_release_names(cases: Sequence[Case]) -> bool:
+    """Whether no case's name fits any convention's case-id pattern (whatever its files)."""
+    return not any(re.fullmatch(c.case_pattern, case.name)
+                   for case in cases for c in CONVENTIONS.values())
 
 
 def _listed(names: Sequence[str], most: int = 5) -> str:

@@ -265,6 +265,17 @@ def as_convention(value: ConventionLike | None) -> Convention:
     return convention_for_labels(value)
 
 
+def check_same_meaning(given: Convention, recorded: Convention, where: str) -> None:
+    """Raise `InputError` unless `given` has each label of `recorded` (the convention data at
+    `where` were written in) at the same value for the same tissue: a 4 is ET in brats2020 and
+    a resection cavity in brats2024-gli."""
+    same = {(label.value, label.kind) for label in given.labels}
+    if not all((label.value, label.kind) in same for label in recorded.labels):
+        raise InputError(f"--convention {given.name} ({given.label_text}) does not give the "
+                         f"labels of {where} ({recorded.name}: {recorded.label_text}) their "
+                         "meaning; leave --convention out")
+
+
 def conventions_with(value: int) -> list[str]:
     """Names of the conventions that have label `value`."""
     return [c.name for c in CONVENTIONS.values() if value in c.values]

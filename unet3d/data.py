@@ -32,7 +32,7 @@ import tables
 
 from unet3d.brats import detect_convention, find_cases
 from unet3d.conventions import (DEFAULT_CONVENTION, ConventionLike, as_convention,
-                                convention_for_labels,
+                                check_same_meaning, convention_for_labels,
                                 get_convention)
 from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
@@ -159,6 +159,8 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
     preprocessing, recorded = read_preprocess_config(preprocessed_dir)
     if convention is not None:
         convention = as_convention(convention)
+        if recorded is not None:  # brats/preprocess.py checked the labels against it
+            check_same_meaning(convention, recorded, str(preprocessed_dir))
     else:
         convention = recorded or detect_convention(cases, preprocessed_dir, scan_labels=True,
                                                    fallback=True)

@@ -296,7 +296,7 @@ def _truth_cases(truth_dir: Path) -> list[Case]:
             name = found[2].rstrip("_-.")
             if name and name not in truths:
                 truths[name] = Case(name, truth_dir, label=path,
-                                    candidates=candidates(name, {found[1]}))
+                                    candidates=candidates(name, set()))
     if not truths:
         raise InputError(f"{truth_dir}: no truth label files found; expected BraTS case folders "
                          "<case>/<case>_seg.nii.gz (or <case>-seg.nii.gz, or preprocessed "

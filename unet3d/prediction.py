@@ -232,10 +232,12 @@ def write_prediction(probabilities: np.ndarray, geometry: Geometry, path: str | 
     """Write the label map of native-space `probabilities` (x, y, z, k) to `path` (uint8, on
     `geometry`; `predicted_labels` in the model's convention, written in `output_convention`'s
     labels), and with `config.probabilities` one float32 map per output beside it
-    (`<case>_<output>.nii.gz`). Returns the label map written. Every file is written
-    atomically."""
-    label_map = translate(predicted_labels(probabilities, card.target, card.entry, config,
-                                           session), card.entry, output_convention(card, config))
+    (`<case>_<output>.nii.gz`; a pre-operative `session`'s resection cavity map is 0, as its
+    label map has none). Returns the label map written. Every file is written atomically."""
+    if session == "pre-operative":
+        probabilities = without_postoperative(probabilities, card.target, card.entry)
+    label_map = translate(predicted_labels(probabilities, card.target, card.entry, config),
+                          card.entry, output_convention(card, config))
     names = card.output_names
     path = Path(path)
     if config.probabilities:

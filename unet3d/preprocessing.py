@@ -143,14 +143,13 @@ def correct_case(case: Case, config: PreprocessConfig
     Returns ({modality: float32 (x, y, z)} in `config.modalities` order, the label map or None,
     the case's geometry). Raises `InputError` naming the case for a missing modality, files on
     different grids, NaN/inf voxels, unreadable files, all-zero images or label values outside the
-    case's convention (`case.convention`, brats2020 when not set).
+    case's convention (`Case.entry`).
     """
-    modalities = config.modalities or get_convention(case.convention or "brats2020").modalities
+    modalities = config.modalities or case.entry.modalities
     arrays, label, geometry = read_case(case, modalities)
     images = dict(zip(modalities, arrays))
     if label is not None:
-        check_label_values(label, get_convention(case.convention or "brats2020"),
-                           f"case {case.name}: {case.label.name}")
+        check_label_values(label, case.entry, f"case {case.name}: {case.label.name}")
     mask = brain_mask(list(images.values()))
     if not mask.any():
         raise InputError(f"case {case.name}: every modality is all zero; check the files in "

@@ -25,7 +25,7 @@ from unet3d.errors import InputError
 from unet3d.evaluation import format_summary
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
 from unet3d.io import remove_stale_temporaries
-from unet3d.conventions import as_convention
+from unet3d.conventions import as_convention, check_same_meaning
 from unet3d.labels import output_names
 from unet3d.logs import get_logger
 from unet3d.losses import BCEDiceLoss, SoftDiceLoss
@@ -119,16 +119,11 @@ def training_convention(config: TrainConfig, store: DataStore) -> str:
     for the port's stores). A convention given that does not have each of the store's labels
     with the same value for the same tissue is refused (a 4 is ET in brats2020, RC in
     brats2024-gli)."""
-    recorded = store.convention
+    recorded = store.convention or as_convention(None)
     if config.convention is None:
-        return (recorded or as_convention(None)).name
+        return recorded.name
     given = as_convention(config.convention)
-    same = {(label.value, label.kind) for label in given.labels}
-    if recorded is not None and not all((label.value, label.kind) in same
-                                        for label in recorded.labels):
-        raise InputError(f"--convention {given.name} ({given.label_text}) does not give the "
-                         f"labels of {store.path} ({recorded.name}: {recorded.label_text}) "
-                         "their meaning; leave --convention out")
+    check_same_meaning(given, recorded, str(store.path))
     return given.name
 
 

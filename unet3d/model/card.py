@@ -130,6 +130,8 @@ def card_from_dict(data: Any, source: str) -> ModelCard:
         raise InputError(f"{source}: a model card of schema {version}, written by unet3d "
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
+    if version == 2 and isinstance(data, dict) and "outputs" not in data:  # before 0.2.0
+        data = {**data, "outputs": []}
     if version == 1 and isinstance(data.get("labels"), list) and "convention" not in data:
         data = {**data, "schema_version": SCHEMA_VERSION, "outputs": [],
                 "convention": _convention_of_labels(data["labels"], source)}
