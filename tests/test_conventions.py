@@ -432,3 +432,20 @@ def test_an_undetected_case_is_read_with_the_first_convention_it_fits(folders):
     case = find_cases(folders / "brats2024-men-rt")[0]  # detect_convention not called
     images, label, _ = correct_case(case, PreprocessConfig(bias_correction=()))
     assert list(images) == ["t1ce"] and set(np.unique(label)) <= {0, 1}
+
+
+def test_folders_of_this_package_s_names_are_detected_from_their_ids(folders, tmp_path):
+    """A preprocessed Decathlon folder without its preprocess.json (BRATS_001/t1.nii.gz) and a
+    validation run of predict.py (<case>/data_t1.nii.gz) of 2023 ids."""
+    from unet3d.preprocessing import SETTINGS_FILE, preprocess_brats
+
+    preprocess_brats(folders / "msd-task01", tmp_path / "pre", progress=lambda line: None)
+    (tmp_path / "pre" / SETTINGS_FILE).unlink()
+    cases = find_cases(tmp_path / "pre")
+    assert detect_convention(cases, "pre", scan_labels=True).name == "msd-task01"
+    run = tmp_path / "validation" / "BraTS-GLI-00001-000"
+    run.mkdir(parents=True)
+    for name in ("data_t1", "data_t1ce", "data_flair", "data_t2", "truth"):
+        (run / f"{name}.nii.gz").write_bytes(b"")
+    assert find_cases(tmp_path / "validation")[0].candidates == ("brats2023-gli",
+                                                                 "brats2024-gli")

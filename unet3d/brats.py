@@ -67,6 +67,9 @@ _TOKENS: dict[str, str] = {
     "flair": "flair",
 }
 _TOKEN_PATTERN = re.compile(r"(?:^|[_\-.])(" + "|".join(_TOKENS) + r")$")
+# The names this package gives modality files (brats/preprocess.py: t1.nii.gz; the validation
+# run of brats/predict.py: data_t1.nii.gz), which say nothing about the release.
+_OWN_NAMES = {token: {token, f"data_{token}"} for token in _TOKENS}
 # When a folder holds two label files, the manually corrected one wins (2017 TCGA releases).
 _LABEL_PRIORITY = {"glistrboost_manuallycorrected": 2}
 
@@ -156,9 +159,9 @@ def classify_file(name: str) -> tuple[str, str, str] | None:
 def _case_from_files(name: str, directory: Path, files: list[tuple[Path, str, str]]) -> Case:
     images: dict[str, Path] = {}
     labels: list[tuple[int, Path]] = []
-    tokens = set()  # of the modality files named by a release (not this package's t1.nii.gz)
+    tokens = set()  # of the modality files named by a release (not this package's, _OWN_NAMES)
     for path, what, token in files:
-        if what != "label" and _strip_nifti_extension(path.name).lower() != token:
+        if what != "label" and _strip_nifti_extension(path.name).lower() not in _OWN_NAMES[token]:
             tokens.add(token)
         if what == "label":
             labels.append((_LABEL_PRIORITY.get(token, 1), path))
@@ -180,9 +183,10 @@ def _case_from_files(name: str, directory: Path, files: list[tuple[Path, str, st
 
 def candidates(name: str, tokens: set[str], layout: str = "folders") -> tuple[str, ...]:
     """The conventions whose case-id pattern `name` fits and whose modality files use
-    `tokens` (the name endings, e.g. {"t1c", "t2f"}; label files are not compared)."""
+    `tokens` (the name endings, e.g. {"t1c", "t2f"}; label files are not compared). Without
+    tokens (files of this package's names) every layout's ids are tried."""
     return tuple(c.name for c in CONVENTIONS.values()
-                 if c.layout == layout and re.fullmatch(c.case_pattern, name)
+                 if (c.layout == layout or not tokens) and re.fullmatch(c.case_pattern, name)
                  and tokens <= _tokens(c))
 
 
