@@ -11,7 +11,7 @@ from unet3d.brats import detect_convention, find_cases, read_case
 from unet3d.conventions import (CONVENTIONS, Convention, Label, Region, check_convention, decode,
                                 encode, get_convention, paint_labels, translate)
 from unet3d.errors import InputError
-from unet3d.evaluation import evaluate_case
+from unet3d.case_metrics import evaluate_case
 from unet3d.io import read_nifti
 from unet3d.synthetic import make_synthetic_brats
 
@@ -184,7 +184,7 @@ def test_synthetic_data_script_writes_any_convention(tmp_path):
 def test_synthetic_cavity_cyst_and_lesions_look_as_they_should():
     from scipy import ndimage
 
-    from unet3d.synthetic import generate_case
+    from unet3d.synthetic_anatomy import generate_case
 
     rng = np.random.default_rng(1)
     case = generate_case((64, 64, 48), rng, features=("cavity", "cyst", "lesions"))

@@ -14,9 +14,9 @@ from scipy.spatial.distance import cdist
 
 from helpers import run_script
 from unet3d.errors import InputError
-from unet3d.evaluation import (HD95_EMPTY, SCORE_COLUMNS, dice, evaluate_case, evaluate_folder,
-                               find_truth_files, hausdorff95, region_masks, sensitivity,
-                               specificity, summarize, surface_voxels)
+from unet3d.case_metrics import (HD95_EMPTY, dice, evaluate_case, hausdorff95, region_masks,
+                                 sensitivity, specificity, surface_voxels)
+from unet3d.evaluation import SCORE_COLUMNS, evaluate_folder, find_truth_files, summarize
 from unet3d.io import read_nifti, write_nifti
 from unet3d.logs import get_logger
 from unet3d.synthetic import make_synthetic_brats

@@ -14,7 +14,8 @@ from unet3d.io import read_nifti, write_nifti
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.preprocessing import (PreprocessConfig, n4_bias_correction, preprocess_brats,
                                   read_preprocess_config)
-from unet3d.synthetic import WHITE_MATTER, brats_geometry, generate_case
+from unet3d.synthetic import brats_geometry
+from unet3d.synthetic_anatomy import WHITE_MATTER, generate_case
 
 
 def test_n4_reduces_a_known_bias_field():

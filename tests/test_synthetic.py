@@ -16,7 +16,8 @@ from scipy import ndimage
 
 from unet3d.errors import InputError
 from unet3d.io import Geometry
-from unet3d.synthetic import (NOISE_STD, generate_case, make_synthetic_brats, write_synthetic_case)
+from unet3d.synthetic import make_synthetic_brats, write_synthetic_case
+from unet3d.synthetic_anatomy import NOISE_STD, generate_case
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (64, 56, 40)  # not cubic, so that an (x, y, z) / (z, y, x) mix-up shows

@@ -23,7 +23,8 @@ import numpy as np
 
 from unet3d.config import PredictConfig
 from unet3d.data import DataStore
-from unet3d.evaluation import dice, evaluate_folder, region_masks
+from unet3d.case_metrics import dice, region_masks
+from unet3d.evaluation import evaluate_folder
 from unet3d.io import atomic_folder, write_nifti
 from unet3d.conventions import ConventionLike, as_convention
 from unet3d.labels import REGION_NAMES
