@@ -21,7 +21,7 @@ def test_the_logged_dice_is_evaluate_pys(trained, synthetic_brats, tmp_path):
     """The best epoch's logged Dice equals brats/evaluate.py's on the predictions the best model
     wrote at the end, scored against the original label files (to 1e-6)."""
     rows = csv_rows(trained.training_log)
-    assert len(rows) == 3 and all(row[key] for row in rows for key in DICE_KEYS)
+    assert len(rows) == 3 and all(0 <= float(row[key]) <= 1 for row in rows for key in DICE_KEYS)
     best = max(rows, key=lambda row: float(row["val_dice_mean"]))
     result = run_script("evaluate.py", "--prediction_dir", f"{trained.run_dir}/validation/predictions",
                         "--truth_dir", str(synthetic_brats), "--output_dir",

@@ -178,15 +178,15 @@ def _case_from_files(name: str, directory: Path, files: list[tuple[Path, str, st
                              f"and {labels[1][1].name}; keep one of them")
         label = labels[0][1]
     return Case(name=name, directory=directory, images=images, label=label,
-                candidates=candidates(name, tokens))
+                candidates=candidates(name, tokens, "folders" if tokens else None))
 
 
-def candidates(name: str, tokens: set[str], layout: str = "folders") -> tuple[str, ...]:
+def candidates(name: str, tokens: set[str], layout: str | None = None) -> tuple[str, ...]:
     """The conventions whose case-id pattern `name` fits and whose modality files use
-    `tokens` (the name endings, e.g. {"t1c", "t2f"}; label files are not compared). Without
-    tokens (files of this package's names) every layout's ids are tried."""
+    `tokens` (the name endings, e.g. {"t1c", "t2f"}; label files are not compared), of
+    `layout` when given (without tokens: files of this package's names, any layout)."""
     return tuple(c.name for c in CONVENTIONS.values()
-                 if (c.layout == layout or not tokens) and re.fullmatch(c.case_pattern, name)
+                 if layout in (None, c.layout) and re.fullmatch(c.case_pattern, name)
                  and tokens <= _tokens(c))
 
 

@@ -265,15 +265,44 @@ def as_convention(value: ConventionLike | None) -> Convention:
     return convention_for_labels(value)
 
 
+def _meanings(convention: Convention) -> set[tuple[int, str]]:
+    return {(label.value, label.kind) for label in convention.labels}
+
+
+def same_meaning(a: Convention, b: Convention) -> bool:
+    """Whether `a` and `b` give the same values to the same tissues (brats2020, brats2021)."""
+    return _meanings(a) == _meanings(b)
+
+
+def translatable(source: Convention, target: Convention) -> bool:
+    """Whether `target` has a label for every tissue of `source` (`translate` can write it)."""
+    return all(target.kind_value(label.kind) is not None for label in source.labels)
+
+
+def check_translatable(source: Convention, target: Convention) -> None:
+    """Raise `InputError`, naming the tissue, unless `translatable(source, target)`."""
+    for label in source.labels:
+        if target.kind_value(label.kind) is None:
+            raise InputError(f"{target.name} has no label for {source.name}'s {label.name} "
+                             f"({label.kind}); write {source.name}'s labels instead")
+
+
 def check_same_meaning(given: Convention, recorded: Convention, where: str) -> None:
     """Raise `InputError` unless `given` has each label of `recorded` (the convention data at
     `where` were written in) at the same value for the same tissue: a 4 is ET in brats2020 and
     a resection cavity in brats2024-gli."""
-    same = {(label.value, label.kind) for label in given.labels}
-    if not all((label.value, label.kind) in same for label in recorded.labels):
+    if not _meanings(recorded) <= _meanings(given):
         raise InputError(f"--convention {given.name} ({given.label_text}) does not give the "
                          f"labels of {where} ({recorded.name}: {recorded.label_text}) their "
                          "meaning; leave --convention out")
+
+
+def recorded(name: str | None, labels: Sequence[int] | None) -> Convention | None:
+    """The convention a file recorded: by its `name`, else (files of unet3d 0.2, which recorded
+    the label values only) by its `labels` (`convention_for_labels`), else None."""
+    if name:
+        return get_convention(name)
+    return convention_for_labels(labels) if labels else None
 
 
 def conventions_with(value: int) -> list[str]:
@@ -341,16 +370,12 @@ def decode(regions: np.ndarray, convention: Convention, threshold: float = 0.5) 
 def translate(label_map: np.ndarray, source: Convention, target: Convention) -> np.ndarray:
     """`label_map` of `source` written with `target`'s values, label by kind of tissue.
     `InputError` when `target` has no label of a kind `source` has."""
-    if source.values == target.values and all(
-            a.kind == b.kind for a, b in zip(source.labels, target.labels)):
+    if same_meaning(source, target):
         return label_map
+    check_translatable(source, target)
     lookup = np.zeros(256, dtype=np.uint8)
     for label in source.labels:
-        value = target.kind_value(label.kind)
-        if value is None:
-            raise InputError(f"{target.name} has no label for {source.name}'s {label.name} "
-                             f"({label.kind}); write {source.name}'s labels instead")
-        lookup[label.value] = value
+        lookup[label.value] = target.kind_value(label.kind)
     return lookup[label_map]
 
 

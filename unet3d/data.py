@@ -32,8 +32,7 @@ import tables
 
 from unet3d.brats import detect_convention, find_cases
 from unet3d.conventions import (DEFAULT_CONVENTION, ConventionLike, as_convention,
-                                check_same_meaning, convention_for_labels,
-                                get_convention)
+                                check_same_meaning, recorded)
 from unet3d.config import from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.io import Geometry, geometry_from_affine, nifti_shape
@@ -156,13 +155,13 @@ def write_store_from_folder(preprocessed_dir: str | os.PathLike, data_file: str 
         raise InputError(f"{preprocessed_dir}: {len(missing)} of {len(cases)} cases have no label "
                          f"file ({', '.join(missing[:5])}{'...' if len(missing) > 5 else ''}); a "
                          "store is all labelled or all unlabelled: move them to another folder")
-    preprocessing, recorded = read_preprocess_config(preprocessed_dir)
+    preprocessing, in_folder = read_preprocess_config(preprocessed_dir)
     if convention is not None:
         convention = as_convention(convention)
-        if recorded is not None:  # brats/preprocess.py checked the labels against it
-            check_same_meaning(convention, recorded, str(preprocessed_dir))
+        if in_folder is not None:  # brats/preprocess.py checked the labels against it
+            check_same_meaning(convention, in_folder, str(preprocessed_dir))
     else:
-        convention = recorded or detect_convention(cases, preprocessed_dir, scan_labels=True,
+        convention = in_folder or detect_convention(cases, preprocessed_dir, scan_labels=True,
                                                    fallback=True)
     modalities = tuple(modalities or (preprocessing.modalities if preprocessing else None)
                        or convention.modalities)
@@ -225,9 +224,7 @@ class DataStore:
         self.labels = tuple(int(v) for v in attrs.labels) if "labels" in attrs._v_attrnames else None
         #: The convention of the truths (stores of unet3d 0.2: that of their labels; the port's:
         #: None, brats2020 is assumed).
-        self.convention = (get_convention(str(attrs.convention))
-                           if "convention" in attrs._v_attrnames
-                           else convention_for_labels(self.labels) if self.labels else None)
+        self.convention = recorded(getattr(attrs, "convention", None), self.labels)
         self.modalities = (tuple(attrs.modalities) if "modalities" in attrs._v_attrnames else ())
         self.data_scale = float(getattr(attrs, "data_scale", 1.0))
         self._shapes = (root.cases.col("shape").astype(int) if "cases" in root

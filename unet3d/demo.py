@@ -100,9 +100,9 @@ def run_demo(config: DemoConfig = DemoConfig(),
         n_base_filters=config.n_base_filters, workers=config.workers,
         precision=config.precision, seed=config.seed))
     state = recorded_state(train_config)
-    if state is not None and run_differences(state, train_config):
-        progress(f"the training settings changed ({'; '.join(run_differences(state, train_config))}"
-                 "): training starts over")
+    changed = run_differences(state, train_config) if state is not None else []
+    if changed:
+        progress(f"the training settings changed ({'; '.join(changed)}): training starts over")
         train_config = dataclasses.replace(train_config, overwrite=True)
     if recipes.train(train_config).stopped_by_nan:
         raise InputError("training stopped on a non-finite loss or weights (see above): rerun "

@@ -133,19 +133,19 @@ def _truth_cases(truth_dir: Path) -> list[Case]:
     return [truths[name] for name in sorted(truths)]
 
 
-def truth_convention(truth_dir: str | os.PathLike, given: ConventionLike | None = None
-                     ) -> Convention:
-    """The convention of the truths in `truth_dir`: `given`, else the one brats/preprocess.py
-    recorded there, else detected from the cases' names and label values
-    (`unet3d.brats.detect_convention`; names fitting none are read as brats2020 when their
-    labels are its own, with a warning)."""
+def truth_convention(truth_dir: str | os.PathLike, given: ConventionLike | None = None,
+                     cases: Sequence[Case] | None = None) -> Convention:
+    """The convention of the truths in `truth_dir` (its `cases`, when already found): `given`,
+    else the one brats/preprocess.py recorded there, else detected from the cases' names and
+    label values (`unet3d.brats.detect_convention`; names fitting none are read as brats2020
+    when their labels are its own, with a warning)."""
     if given is not None:
         return as_convention(given)
     recorded = recorded_convention(truth_dir)
     if recorded is not None:
         return recorded
-    return detect_convention(_truth_cases(Path(truth_dir)), truth_dir, scan_labels=True,
-                             fallback=True)
+    cases = _truth_cases(Path(truth_dir)) if cases is None else cases
+    return detect_convention(cases, truth_dir, scan_labels=True, fallback=True)
 
 
 def find_truth_files(truth_dir: str | os.PathLike) -> dict[str, Path]:
@@ -235,8 +235,9 @@ def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathL
     """
     output_dir = Path(output_dir)
     predictions = find_prediction_files(prediction_dir)
-    convention = truth_convention(truth_dir, convention)
-    cases = {case.name: case for case in _truth_cases(Path(truth_dir))}
+    found = _truth_cases(Path(truth_dir))
+    convention = truth_convention(truth_dir, convention, found)
+    cases = {case.name: case for case in found}
     truths = {name: case.label for name, case in cases.items()}
     flairs = {name: case.images["flair"] for name, case in cases.items()
               if "flair" in case.images and case.channels is None}

@@ -137,7 +137,8 @@ def read_nifti_channels(path: str | os.PathLike, channels: int
     for k in range(channels):
         volume = sitk.Extract(image, (*size[:3], 0), (0, 0, 0, k))
         volumes.append(np.ascontiguousarray(sitk.GetArrayFromImage(volume).transpose(2, 1, 0)))
-    if any(np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all() for v in volumes):
+    if np.issubdtype(volumes[0].dtype, np.floating) and non_finite_voxels(path):
+        # ITK's reader turns NaN into 0: the stored values tell (as in `read_nifti`).
         raise InputError(f"{path}: holds NaN or infinite voxels; fix or re-export it")
     return volumes, Geometry.of(volume)
 

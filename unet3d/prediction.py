@@ -32,7 +32,9 @@ from unet3d.data import DataStore
 from unet3d.errors import InputError
 from unet3d.inference import check_patch_shape, predict_volume
 from unet3d.io import Geometry, write_nifti
-from unet3d.conventions import CONVENTIONS, Convention, ConventionLike, as_convention, translate
+from unet3d.conventions import (CONVENTIONS, Convention, ConventionLike, as_convention,
+                                check_translatable, get_convention, same_meaning,
+                                translatable, translate)
 from unet3d.logs import get_logger
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import card_path
@@ -151,7 +153,7 @@ def complete_config(model_file: str | os.PathLike, model: keras.Model, config: P
                          f"{len(card.output_names)} of its target {card.target} "
                          f"({', '.join(card.output_names)})")
     if config.convention is not None:
-        translate(np.zeros(1, np.uint8), card.entry, as_convention(config.convention))
+        check_translatable(card.entry, as_convention(config.convention))
     if config.whole_volume and config.patch_shape is not None:
         raise InputError("--whole_volume and --patch_shape exclude each other: give one")
     window = None if config.whole_volume else (config.patch_shape or card.patch_shape)
@@ -189,23 +191,15 @@ def input_convention(card: ModelCard, cases: Sequence[Case], input_dir: str | os
                          f"without {', '.join(missing)}: the model was trained on "
                          f"{card.convention} cases with {', '.join(card.modalities)}; use a model "
                          f"trained on {found.name}")
-    fitting = [found.name] if recorded else [
-        name for name in CONVENTIONS if all(name in case.candidates for case in cases)]
-    if card.convention in fitting or _same_labels(found, card.entry):
+    fitting = [found] if recorded else [get_convention(name) for name in CONVENTIONS
+                                        if all(name in case.candidates for case in cases)]
+    if card.entry in fitting or same_meaning(found, card.entry):
         return
-    writable = [name for name in fitting if _translatable(card.entry, CONVENTIONS[name])]
-    progress(f"the cases are {' or '.join(fitting)}, the model {card.convention}: their "
+    writable = [c.name for c in fitting if translatable(card.entry, c)]
+    progress(f"the cases are {' or '.join(c.name for c in fitting)}, the model {card.convention}: their "
              f"predictions have the model's labels ({card.entry.label_text})"
              + (f"; --convention {writable[0]} writes the same tissues with that entry's values"
                 if writable else ""))
-
-
-def _same_labels(a: Convention, b: Convention) -> bool:
-    return {(x.value, x.kind) for x in a.labels} == {(x.value, x.kind) for x in b.labels}
-
-
-def _translatable(source: Convention, target: Convention) -> bool:
-    return all(target.kind_value(label.kind) is not None for label in source.labels)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,8 +34,7 @@ import SimpleITK as sitk
 
 from unet3d.brats import MODALITIES, Case, detect_convention, find_cases, read_case
 from unet3d.config import from_plain, option, to_plain
-from unet3d.conventions import (Convention, check_label_values,
-                                convention_for_labels, get_convention)
+from unet3d.conventions import Convention, check_label_values, recorded
 from unet3d.errors import InputError
 from unet3d.io import Geometry, atomic_folder, to_sitk, write_nifti
 from unet3d.logs import get_logger
@@ -95,11 +94,6 @@ class PreprocessReport:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     convention: str = ""
-
-    @property
-    def labels(self) -> tuple[int, ...]:
-        """The label values of the folder's convention."""
-        return get_convention(self.convention).values if self.convention else ()
 
 
 def for_convention(config: PreprocessConfig, convention: Convention) -> PreprocessConfig:
@@ -216,7 +210,7 @@ def read_preprocess_config(preprocessed_dir: str | os.PathLike
     name = settings.pop("convention", None)
     if labels is None:
         raise InputError(f"{path}: no labels recorded; rerun brats/preprocess.py with --overwrite")
-    convention = get_convention(name) if name else convention_for_labels(labels)
+    convention = recorded(name, labels)
     return from_plain(PreprocessConfig, settings, str(path)), convention
 
 
@@ -250,7 +244,7 @@ def _claim_folder(out_dir: Path, config: PreprocessConfig, convention: Conventio
     settings = _settings(config, convention)
     previous = read_settings(out_dir)
     if previous is not None and "convention" not in previous:  # unet3d 0.2: labels only
-        previous["convention"] = convention_for_labels(previous.get("labels", ())).name
+        previous["convention"] = recorded(None, previous.get("labels")).name
     if previous is not None and previous != settings and not overwrite:
         raise InputError(f"{out_dir} was preprocessed with other settings ({previous}); pass "
                          "--overwrite to redo every case with the new ones, or use another folder")

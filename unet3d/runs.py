@@ -73,8 +73,9 @@ def claim_run(config: TrainConfig, chief: bool = True) -> dict | None:
             remove_run(config)
     else:
         state = recorded_state(config)
-    if state is not None and run_differences(state, config):
-        _refuse(config, state, "other settings", run_differences(state, config))
+    changed = run_differences(state, config) if state is not None else []
+    if changed:
+        _refuse(config, state, "other settings", changed)
     if chief:
         Path(config.run_dir).mkdir(parents=True, exist_ok=True)
         with atomic_write(Path(config.run_dir) / RUN_RECORD) as tmp:

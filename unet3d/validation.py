@@ -3,9 +3,11 @@
 `CaseValidation` (a Keras callback) predicts the validation cases whole after an epoch (every
 `every` epochs and after the last one) as brats/predict.py does (`unet3d.prediction`:
 sliding windows, the probabilities put back on each case's native grid, then labelled), puts the
-stored truth on the same grid and computes the Dice of each region with `unet3d.evaluation`
-(`region_masks`, `dice`): the numbers `evaluate.py` gives for the same predictions. It adds `val_dice_wt`, `val_dice_tc`, `val_dice_et` (means over the cases) and
-their mean `val_dice_mean` to the epoch's logs, which the checkpoint uses to keep the best model.
+stored truth on the same grid and computes the Dice of each of the convention's regions with
+`unet3d.case_metrics` (`region_masks`, `dice`): the numbers `evaluate.py` gives for the same
+predictions. It adds `val_dice_<region>` (`val_dice_wt`, `val_dice_tc`, `val_dice_et`, and
+`val_dice_rc` ... where the convention has them; means over the cases) and their mean
+`val_dice_mean` to the epoch's logs, which the checkpoint uses to keep the best model.
 
 `write_validation` writes the validation cases' predictions, their truths and the evaluation's
 reports into a folder (the run's `validation/`), as nnU-Net does at the end of training.

@@ -34,7 +34,7 @@ from typing import Any
 import unet3d
 from unet3d.brats import MODALITIES
 from unet3d.config import TARGETS, from_plain, to_plain
-from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels
+from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels, get_convention
 from unet3d.errors import InputError
 from unet3d.io import atomic_write
 from unet3d.labels import output_names
@@ -101,7 +101,7 @@ class ModelCard:
     @property
     def entry(self) -> Convention:
         """The convention's entry (for a custom triple, the 2020 regions on its values)."""
-        return CONVENTIONS.get(self.convention) or convention_for_labels(self.labels)
+        return get_convention(self.convention)
 
     @property
     def output_names(self) -> tuple[str, ...]:
@@ -155,18 +155,16 @@ def check_card(card: ModelCard, source: str) -> None:
             problems.append(f"{name} {list(value)} is not three positive sizes")
     try:
         convention = card.entry
+    except InputError:
+        problems.append(f"convention {card.convention!r} is not one of {', '.join(CONVENTIONS)}")
+    else:
         if tuple(card.labels) != convention.values:
             problems.append(f"labels {list(card.labels)} are not those of convention "
                             f"{card.convention} {list(convention.values)}")
-        elif card.convention not in CONVENTIONS and card.convention != convention.name:
-            problems.append(f"convention {card.convention!r} is not one of "
-                            f"{', '.join(CONVENTIONS)}")
         elif card.outputs and tuple(card.outputs) != card.output_names:
             problems.append(f"its outputs {', '.join(card.outputs)} are not those this unet3d "
                             f"decodes for {card.convention} ({', '.join(card.output_names)}): "
                             f"use the unet3d version that trained it ({card.unet3d_version})")
-    except InputError as error:
-        problems.append(str(error))
     if problems:
         raise InputError(f"{source}: not a valid model card: {'; '.join(problems)}")
 
