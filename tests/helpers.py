@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 from packaging.requirements import Requirement
+from scipy.spatial.distance import cdist
 
 from unet3d.brats import MODALITIES
 from unet3d.config import TrainConfig, preset
@@ -101,3 +102,21 @@ def paper_run(folder: Path, store_path: Path, **settings) -> TrainConfig:
                  training_log=folder / "log.csv")
     return preset("paper", **{name: str(path) for name, path in files.items()},
                   **{"precision": "float32", "workers": 0, "verbose": 0, **settings})
+
+
+def surface_points(mask: np.ndarray, spacing) -> np.ndarray:
+    """Coordinates (mm) of the voxels of a 3D mask with a 6-neighbour outside it (outside the
+    image counts as background), found by comparing shifted copies."""
+    padded = np.pad(mask, 1)
+    inner = padded[1:-1, 1:-1, 1:-1]
+    neighbours = [padded[2:, 1:-1, 1:-1], padded[:-2, 1:-1, 1:-1],
+                  padded[1:-1, 2:, 1:-1], padded[1:-1, :-2, 1:-1],
+                  padded[1:-1, 1:-1, 2:], padded[1:-1, 1:-1, :-2]]
+    surface = inner & ~np.logical_and.reduce(neighbours)
+    return np.argwhere(surface) * np.asarray(spacing)
+
+
+def brute_force_hd95(truth, pred, spacing):
+    """Pooled 95th percentile of the nearest-surface distances, from all pairwise distances."""
+    distances = cdist(surface_points(truth, spacing), surface_points(pred, spacing))
+    return np.percentile(np.concatenate([distances.min(axis=1), distances.min(axis=0)]), 95)

@@ -235,7 +235,7 @@ def test_every_convention_end_to_end_without_a_convention_flag(name, tmp_path):
         values = set(np.unique(read_nifti(path)[0]).tolist())
         assert values <= {0, *convention.values}, (path.name, values)
     rows = evaluate_folder(tmp_path / "out", tmp_path / "raw", tmp_path / "scores",
-                           overlays=False, progress=lambda *args: None)
+                           overlays=False, progress=lambda *args: None).scores
     assert [k[:-len("_dice")] for k in rows[0] if k.endswith("_dice")] == [
         region.name for region in convention.scored]
 
@@ -294,7 +294,8 @@ def test_no_resection_cavity_is_written_on_a_pre_operative_case(tmp_path):
 
 
 def test_scores_and_overlays_of_every_scored_region(folders, tmp_path):
-    """brats2024-gli scores 6 regions (WT, TC, ET, RC, NETC, SNFH); the overlay draws them all."""
+    """brats2024-gli scores 6 regions (WT, TC, ET, RC, NETC, SNFH), whole-image and lesion-wise
+    (its edition, brats2024); the overlay draws them all."""
     from unet3d.evaluation import evaluate_folder
 
     cases = find_cases(folders / "brats2024-gli")
@@ -302,11 +303,16 @@ def test_scores_and_overlays_of_every_scored_region(folders, tmp_path):
     predictions.mkdir()
     for case in cases:
         shutil.copy(case.label, predictions / f"{case.name}.nii.gz")
-    rows = evaluate_folder(predictions, folders / "brats2024-gli", tmp_path / "out",
-                           progress=lambda *args: None)
-    assert [key for key in rows[0] if key.endswith("_dice")] == [
-        f"{r}_dice" for r in ("wt", "tc", "et", "rc", "netc", "snfh")]
+    evaluation = evaluate_folder(predictions, folders / "brats2024-gli", tmp_path / "out",
+                                 progress=lambda *args: None)
+    rows = evaluation.scores
+    regions = ["wt", "tc", "et", "rc", "netc", "snfh"]
+    assert [key for key in rows[0] if key.endswith("_dice")] == [f"{r}_dice" for r in regions]
     assert all(row[key] == 1.0 for row in rows for key in row if key.endswith("_dice"))
+    assert evaluation.edition.name == "brats2024"
+    assert [row["region"] for row in evaluation.lesions] == regions * len(cases)
+    assert all(row["dice"] == row["nsd_0.5"] == 1.0 and row["hd95"] == 0.0 and row["n_fp"] == 0
+               for row in evaluation.lesions)
     assert (tmp_path / "out" / "overlays" / f"{cases[0].name}.png").stat().st_size > 1000
 
 

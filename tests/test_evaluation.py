@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 from scipy import ndimage
-from scipy.spatial.distance import cdist
 
-from helpers import run_script
+from helpers import brute_force_hd95, run_script
 from unet3d.errors import InputError
 from unet3d.case_metrics import (HD95_EMPTY, dice, evaluate_case, hausdorff95, region_masks,
                                  sensitivity, specificity, surface_voxels)
-from unet3d.evaluation import SCORE_COLUMNS, evaluate_folder, find_truth_files, summarize
+from unet3d.evaluation import STD, SCORE_COLUMNS, evaluate_folder, find_truth_files, summarize
 from unet3d.io import read_nifti, write_nifti
 from unet3d.logs import get_logger
 from unet3d.synthetic import make_synthetic_brats
@@ -80,22 +79,6 @@ def test_surface_voxels():
     # Voxels on the array border are surface: a full 4x4x4 array keeps its 2x2x2 interior.
     full = surface_voxels(np.ones((4, 4, 4)))
     assert full.sum() == 64 - 8 and not full[1:3, 1:3, 1:3].any()
-
-
-def brute_force_hd95(truth, pred, spacing):
-    """Pooled 95th percentile of the nearest-surface distances, from all pairwise distances."""
-
-    def surface_points(mask):
-        padded = np.pad(mask, 1)  # background outside the image
-        inner = padded[1:-1, 1:-1, 1:-1]
-        neighbours = [padded[2:, 1:-1, 1:-1], padded[:-2, 1:-1, 1:-1],
-                      padded[1:-1, 2:, 1:-1], padded[1:-1, :-2, 1:-1],
-                      padded[1:-1, 1:-1, 2:], padded[1:-1, 1:-1, :-2]]
-        surface = inner & ~np.logical_and.reduce(neighbours)
-        return np.argwhere(surface) * np.asarray(spacing)
-
-    distances = cdist(surface_points(truth), surface_points(pred))
-    return np.percentile(np.concatenate([distances.min(axis=1), distances.min(axis=0)]), 95)
 
 
 def random_blob(rng, shape, sigma=2.0, fraction=0.3):
@@ -187,15 +170,20 @@ def test_summarize_by_hand():
     rows = [dict.fromkeys(SCORE_COLUMNS, 0.0) | {"case": str(i), "wt_dice": value}
             for i, value in enumerate([0.0, 0.5, 1.0, 1.0])]
     summary = summarize(rows)
-    # mean 5/8; population variance ((5/8)^2 + (1/8)^2 + 2 (3/8)^2) / 4 = 11/64; linear quartiles
-    # at positions 0.75 and 2.25 of the sorted values (0, 0.5, 1, 1): 0.375 and 1.
+    # mean 5/8; sample variance ((5/8)^2 + (1/8)^2 + 2 (3/8)^2) / (4 - 1) = 11/48; linear
+    # quartiles at positions 0.75 and 2.25 of the sorted values (0, 0.5, 1, 1): 0.375 and 1.
+    assert STD == "std (n-1)"
     assert summary["mean"]["wt_dice"] == pytest.approx(5 / 8)
-    assert summary["std"]["wt_dice"] == pytest.approx(np.sqrt(11 / 64))
+    assert summary[STD]["wt_dice"] == pytest.approx(np.sqrt(11 / 48))
     assert summary["median"]["wt_dice"] == pytest.approx(3 / 4)
     assert summary["q1"]["wt_dice"] == pytest.approx(3 / 8)
     assert summary["q3"]["wt_dice"] == pytest.approx(1.0)
     assert summary["mean"]["et_hd95"] == 0.0
-
+    # NaN scores (undefined lesion-wise scores) are left out; one value has no sample std.
+    summary = summarize([{"case": "a", "x": 1.0, "y": float("nan")},
+                         {"case": "b", "x": 0.0, "y": 0.5}])
+    assert summary["mean"] == {"x": 0.5, "y": 0.5} and summary["median"]["y"] == 0.5
+    assert summary[STD]["x"] == pytest.approx(np.sqrt(0.5)) and np.isnan(summary[STD]["y"])
 
 # --------------------------------------------------------------------------- folders
 
@@ -273,11 +261,12 @@ def test_evaluate_script(synthetic_brats, predictions, tmp_path):
     assert float(rows[2]["wt_hd95"]) > 0  # ET removed leaves holes in WT
 
     summary = {row["statistic"]: row for row in read_csv(out / "summary.csv")}
-    assert list(summary) == ["mean", "std", "median", "q1", "q3"]
+    assert list(summary) == ["mean", "std (n-1)", "median", "q1", "q3"]
     for column in SCORE_COLUMNS:
         values = [float(row[column]) for row in rows]
         assert float(summary["mean"][column]) == pytest.approx(np.mean(values))
         assert float(summary["median"][column]) == pytest.approx(np.median(values))
+        assert float(summary[STD][column]) == pytest.approx(np.std(values, ddof=1))
     # Mean ET Dice: cases 1, 2, 3, 4 score 1, 0, 0, 0.
     assert float(summary["mean"]["et_dice"]) == pytest.approx(1 / 4)
     et_line = next(line for line in result.stderr.splitlines() if line.startswith("ET "))
@@ -286,6 +275,9 @@ def test_evaluate_script(synthetic_brats, predictions, tmp_path):
     for png in ["boxplot.png", "loss_graph.png", *(f"overlays/{case}.png" for case in CASES)]:
         assert_png(out / png)
     assert (out / "evaluate.log").read_text().count("] BraTS20_Training_") == 4
+    assert "scoring legacy; std: sample (n-1)" in result.stderr
+    # brats2020's edition is the whole-image one: no lesion-wise report.
+    assert not (out / "lesion_scores.csv").exists() and not (out / "lesion_boxplot.png").exists()
     assert not [p.name for p in out.rglob(".*")]  # no temporary file left
 
 
@@ -329,13 +321,24 @@ def test_evaluate_folder_pairs_predictions_with_truths(synthetic_brats, predicti
     for name in ("wt", "tc", "et", "label_4"):
         shutil.copy(prediction_dir / f"{CASES[0]}.nii.gz", subset / f"{CASES[0]}_{name}.nii.gz")
     lines = []
-    rows = evaluate_folder(subset, synthetic_brats, tmp_path / "out", overlays=False,
-                           progress=lambda i, n, case, row: lines.append((i, n, case)))
-    assert [row["case"] for row in rows] == CASES[:2]
+    evaluation = evaluate_folder(subset, synthetic_brats, tmp_path / "out", overlays=False,
+                                 skip_missing=True,
+                                 progress=lambda i, n, case, row: lines.append((i, n, case)))
+    assert [row["case"] for row in evaluation.scores] == CASES[:2]
+    assert evaluation.missing == CASES[2:]
     assert lines == [(1, 2, CASES[0]), (2, 2, CASES[1])]
     warnings = [r.getMessage() for r in log_records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and f"{CASES[2]}, {CASES[3]}" in warnings[0]
+    assert len(warnings) == 1 and f"skipped (--skip_missing): {CASES[2]}, {CASES[3]}" in warnings[0]
     assert not (tmp_path / "out" / "overlays").exists()
+
+    # By default a truth without prediction is scored as the official evaluators score it.
+    scored = evaluate_folder(subset, synthetic_brats, tmp_path / "out", overlays=False).scores
+    assert [row["case"] for row in scored] == CASES and scored[:2] == evaluation.scores
+    for row in scored[2:]:
+        for region in ("wt", "tc", "et"):
+            assert (row[f"{region}_dice"], row[f"{region}_hd95"], row[f"{region}_sensitivity"],
+                    row[f"{region}_specificity"]) == (0.0, HD95_EMPTY, 0.0, 0.0)
+    assert any("scored as missing" in r.getMessage() for r in log_records)
 
     shutil.copy(prediction_dir / f"{CASES[0]}.nii.gz", subset / "BraTS20_Training_099.nii.gz")
     with pytest.raises(InputError, match="BraTS20_Training_099"):
@@ -374,8 +377,13 @@ def test_brats2023_labels(tmp_path):
     predictions = tmp_path / "predictions"
     predictions.mkdir()
     shutil.copy(truth_dir / case / f"{case}-seg.nii.gz", predictions / f"{case}.nii.gz")
-    rows = evaluate_folder(predictions, truth_dir, tmp_path / "out")  # detected: brats2023-gli
+    evaluation = evaluate_folder(predictions, truth_dir, tmp_path / "out")  # brats2023-gli
+    rows = evaluation.scores
     assert rows[0]["et_dice"] == 1.0 and rows[0]["et_hd95"] == 0.0
+    assert evaluation.edition.name == "brats2023"  # the 2023 convention's edition
+    assert [(row["region"], row["dice"], row["hd95"]) for row in evaluation.lesions] == [
+        ("wt", 1.0, 0.0), ("tc", 1.0, 0.0), ("et", 1.0, 0.0)]
+    assert_png(tmp_path / "out" / "lesion_boxplot.png")
     assert_png(tmp_path / "out" / "overlays" / f"{case}.png")
     with pytest.raises(InputError, match=r"\[3\] that brats2020 does not have.*brats2023-gli"):
         evaluate_folder(predictions, truth_dir, tmp_path / "out", convention="brats2020")

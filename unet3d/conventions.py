@@ -29,13 +29,10 @@ from typing import Sequence, Union
 import numpy as np
 
 from unet3d.errors import InputError
+from unet3d.scoring import SCORING_EDITIONS
 
 #: The kinds of labelled tissue.
 KINDS = ("core", "oedema", "enhancing", "cavity", "cyst", "gtv")
-
-#: Scoring editions: whole-image Dice/HD95 (up to 2022), the lesion-wise evaluators of 2023 and
-#: 2024, and the current official package (panoptica).
-SCORING_EDITIONS = ("legacy", "brats2023", "brats2024", "panoptica")
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,8 @@ def run_demo(config: DemoConfig = DemoConfig(),
         raise InputError(f"prediction failed for {sorted(report.failed)}: "
                          f"{next(iter(report.failed.values()))}")
     step("5/5 evaluation")
-    rows = evaluate_folder(work / "predictions", work / "test", work / "evaluation",
+    evaluation = evaluate_folder(work / "predictions", work / "test", work / "evaluation",
                            training_log=train_config.training_log)
-    progress(format_summary(rows))
+    progress(format_summary(evaluation))
     step(f"done: scores and plots in {work / 'evaluation'}")
-    return rows
+    return evaluation.scores

@@ -1,14 +1,18 @@
 """Evaluation of folders of BraTS segmentations: scores per case and region, summaries, reports.
 
 The regions scored are those of the truths' convention (`unet3d.conventions`: detected, recorded
-by brats/preprocess.py, or given).
+by brats/preprocess.py, or given), and the scoring edition is the convention's unless one is
+given (`unet3d.scoring`: legacy whole-image metrics, the lesion-wise brats2023 and brats2024
+evaluators, or the current official package, panoptica).
 
-The metrics of a case and their conventions (empty masks, the HD95 penalty) are in
-`unet3d.case_metrics`.
+The metrics of a case are in `unet3d.case_metrics` (whole image, always reported) and
+`unet3d.lesion_metrics` (lesion-wise, in the editions that have them).
 
 `evaluate_folder` scores a folder of predictions `<case>.nii.gz` against the BraTS truths and
-writes `scores.csv`, `summary.csv`, `boxplot.png`, optionally `loss_graph.png` and per-case
-`overlays/<case>.png` (the figures: `unet3d.plots`).
+writes `scores.csv`, `lesion_scores.csv`, `summary.csv`, `boxplot.png`, `lesion_boxplot.png`,
+optionally `loss_graph.png` and per-case `overlays/<case>.png` (the figures: `unet3d.plots`).
+A truth without a prediction is scored as the official evaluators score it (Dice 0, HD95 the
+penalty) unless told to skip it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import csv
 import os
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -23,14 +29,16 @@ import numpy as np
 
 from unet3d.brats import (MSD_IMAGES, NIFTI_EXTENSIONS, Case, candidates, classify_file,
                           detect_convention, find_cases)
-from unet3d.case_metrics import HD95_EMPTY, METRICS, evaluate_masks, region_masks
+from unet3d.case_metrics import METRICS, evaluate_masks, mask_box, region_masks
 from unet3d.conventions import Convention, ConventionLike, as_convention
 from unet3d.errors import InputError
 from unet3d.io import atomic_write, read_nifti
 from unet3d.labels import REGION_NAMES
+from unet3d.lesion_metrics import lesion_scores, missing_scores, penalty
 from unet3d.logs import get_logger
 from unet3d.preprocessing import recorded_convention
 from unet3d.plots import plot_boxplot, plot_loss_graph, plot_overlay, read_training_log
+from unet3d.scoring import STD_DDOF, Edition, get_edition
 
 
 
@@ -43,8 +51,10 @@ def score_columns(regions: Sequence[str] = REGION_NAMES) -> tuple[str, ...]:
 #: The score columns of the 2017-2023 conventions (WT, TC, ET).
 SCORE_COLUMNS: tuple[str, ...] = score_columns()
 
-#: Rows of `summary.csv`: mean, (population) standard deviation, median, 25th/75th percentile.
-STATISTICS: tuple[str, ...] = ("mean", "std", "median", "q1", "q3")
+#: Rows of `summary.csv`: mean, standard deviation (sample: divides by n - 1, as the official
+#: evaluators), median, 25th/75th percentile.
+STATISTICS: tuple[str, ...] = ("mean", f"std (n-{STD_DDOF})", "median", "q1", "q3")
+STD = STATISTICS[1]
 
 # Probability maps that brats/predict.py --probabilities writes beside <case>.nii.gz.
 _PROBABILITY_MAP = re.compile(r"_([a-z]+|label_\d+)$")
@@ -57,41 +67,91 @@ def _columns(rows: Sequence[Mapping[str, float]]) -> list[str]:
     return [key for key in rows[0] if key != "case"]
 
 
-def _regions(rows: Sequence[Mapping[str, float]]) -> list[str]:
-    return [key[:-len("_dice")] for key in _columns(rows) if key.endswith("_dice")]
-
-
 def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     """Statistics of the score columns over cases.
 
     Args:
-        rows: one mapping per case holding the same score columns (`wt_dice`, ..., as the
-            rows `evaluate_folder` returns; "case" is ignored).
+        rows: one mapping per case holding the same score columns (`wt_dice`, ..., as
+            `Evaluation.rows` returns them; "case" is ignored).
 
     Returns:
-        {statistic: {column: value}} for the `STATISTICS` mean, std (population, ddof=0, so one
-        case gives 0), median, q1 and q3 (25th and 75th percentiles, linear interpolation).
+        {statistic: {column: value}} for the `STATISTICS` mean, std (sample, n - 1, as the
+        official evaluators' summaries: NaN for fewer than two values), median, q1 and q3 (25th
+        and 75th percentiles, linear interpolation). NaN scores (lesion-wise scores that the
+        panoptica edition leaves undefined: no lesion in truth or prediction) are left out, as
+        the official summaries leave them out.
     """
     if not rows:
         raise InputError("no cases to summarize")
     columns = _columns(rows)
     values = np.array([[float(row[column]) for column in columns] for row in rows])
-    statistics = {"mean": values.mean(axis=0), "std": values.std(axis=0),
-                  "median": np.median(values, axis=0),
-                  "q1": np.percentile(values, 25, axis=0), "q3": np.percentile(values, 75, axis=0)}
+    with warnings.catch_warnings():  # all-NaN columns and single values give NaN, quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        statistics = {"mean": np.nanmean(values, axis=0),
+                      STD: np.nanstd(values, axis=0, ddof=STD_DDOF),
+                      "median": np.nanmedian(values, axis=0),
+                      "q1": np.nanpercentile(values, 25, axis=0),
+                      "q3": np.nanpercentile(values, 75, axis=0)}
     return {name: dict(zip(columns, map(float, statistics[name]))) for name in STATISTICS}
 
 
-def format_summary(rows: Sequence[Mapping[str, float]]) -> str:
-    """A text table of the mean and standard deviation of Dice and HD95 per region over `rows`."""
-    summary = summarize(rows)
-    mean, std = summary["mean"], summary["std"]
-    lines = [f"{len(rows)} case(s)",
-             f"{'region':<8}{'Dice mean':>10}{'(std)':>8}{'HD95 mm mean':>14}{'(std)':>8}"]
-    for region in _regions(rows):
-        dice_key, hd_key = f"{region}_dice", f"{region}_hd95"
-        lines.append(f"{region.upper():<8}{mean[dice_key]:>10.3f}{std[dice_key]:>8.3f}"
-                     f"{mean[hd_key]:>14.2f}{std[hd_key]:>8.2f}")
+@dataclass
+class Evaluation:
+    """What `evaluate_folder` scored.
+
+    Attributes:
+        edition: the scoring edition (`unet3d.scoring.Edition`).
+        regions: the scored regions' names, in order.
+        scores: whole-image scores, one row per case: {"case": name, "wt_dice": ..., ...}
+            (`score_columns`).
+        lesions: lesion-wise scores, one row per case and region: {"case", "region", "dice",
+            "hd95", NSD columns, "n_tp", "n_fp", "n_fn", and for panoptica "precision", "recall",
+            "f1"; `unet3d.lesion_metrics`); empty in the legacy edition.
+        missing: the cases whose truth had no prediction (scored as missing, or skipped).
+    """
+
+    edition: Edition
+    regions: tuple[str, ...]
+    scores: list[dict]
+    lesions: list[dict]
+    missing: list[str]
+
+    @property
+    def rows(self) -> list[dict]:
+        """One row per case: the whole-image scores and, in lesion-wise editions, the lesion-wise
+        ones as `<region>_lesion_<column>` (the columns of `summary.csv`)."""
+        lesions: dict[str, list[dict]] = {}
+        for row in self.lesions:
+            lesions.setdefault(row["case"], []).append(row)
+        return [_case_row(row, lesions.get(row["case"], [])) for row in self.scores]
+
+
+def _case_row(scores: Mapping[str, float], lesions: Sequence[Mapping[str, float]]) -> dict:
+    """A case's row of `Evaluation.rows` from its whole-image row and its lesion-wise rows."""
+    row = dict(scores)
+    for lesion in lesions:
+        row.update({f"{lesion['region']}_lesion_{column}": value
+                    for column, value in lesion.items() if column not in ("case", "region")})
+    return row
+
+
+def format_summary(evaluation: Evaluation) -> str:
+    """A text table over cases of the mean and standard deviation (n - 1) of Dice and HD95 per
+    region: whole image and, in lesion-wise editions, lesion-wise."""
+    summary = summarize(evaluation.rows)
+    mean, std = summary["mean"], summary[STD]
+    missing = f", {len(evaluation.missing)} without prediction" if evaluation.missing else ""
+    kinds = [("", "whole image")]
+    if evaluation.lesions:
+        kinds.append(("lesion_", "lesion-wise"))
+    lines = [f"{len(evaluation.scores)} case(s){missing}; scoring {evaluation.edition.name}; "
+             f"std: sample (n-{STD_DDOF})"]
+    for prefix, name in kinds:
+        lines.append(f"{name:<12}{'Dice mean':>10}{'(std)':>8}{'HD95 mm mean':>14}{'(std)':>8}")
+        for region in evaluation.regions:
+            dice_key, hd_key = f"{region}_{prefix}dice", f"{region}_{prefix}hd95"
+            lines.append(f"{region.upper():<12}{mean[dice_key]:>10.3f}{std[dice_key]:>8.3f}"
+                         f"{mean[hd_key]:>14.2f}{std[hd_key]:>8.2f}")
     return "\n".join(lines)
 
 
@@ -198,108 +258,178 @@ def find_prediction_files(prediction_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def _log_case(index: int, n_cases: int, case: str, row: Mapping[str, float]) -> None:
-    scores = " ".join(f"{region.upper()} {row[f'{region}_dice']:.3f}" for region in _regions([row]))
-    get_logger().info(f"[{index}/{n_cases}] {case}: {scores}")
+    def dice(suffix: str) -> str:
+        return " ".join(f"{key[:-len(suffix)].upper()} {value:.3f}" for key, value in row.items()
+                        if key.endswith(suffix) and (suffix != "_dice" or "_lesion_" not in key))
+    lesion = dice("_lesion_dice")
+    get_logger().info(f"[{index}/{n_cases}] {case}: {dice('_dice')}"
+                      + (f"; lesion-wise {lesion}" if lesion else ""))
 
 
 def evaluate_folder(prediction_dir: str | os.PathLike, truth_dir: str | os.PathLike,
                     output_dir: str | os.PathLike, convention: ConventionLike | None = None,
+                    scoring: str | None = None, skip_missing: bool = False,
                     training_log: str | os.PathLike | None = None, overlays: bool = True,
                     progress: Callable[[int, int, str, dict], None] | None = None,
-                    ) -> list[dict]:
+                    ) -> Evaluation:
     """Score every prediction of a folder against its truth and write the reports.
 
     Args:
         prediction_dir: predicted label maps `<case>.nii.gz`, on the grid of the truths (the
             native BraTS grid, as brats/predict.py writes them).
-        truth_dir: the truths, in any layout `find_truth_files` knows. Truths without a prediction
-            are skipped with a warning.
+        truth_dir: the truths, in any layout `find_truth_files` knows.
         output_dir: where the reports go (created if needed); every file is written atomically:
-            `scores.csv` (one row per case: case, then `score_columns`), `summary.csv` (one row
-            per `STATISTICS`), `boxplot.png` (Dice and HD95 per region), `loss_graph.png` (with
-            `training_log`) and `overlays/<case>.png` (with `overlays`, for the cases whose truth
-            folder holds a FLAIR image).
+            `scores.csv` (whole image, one row per case: case, then `score_columns`),
+            `lesion_scores.csv` (lesion-wise editions: one row per case and region),
+            `summary.csv` (one row per `STATISTICS`, a column per score of `Evaluation.rows`),
+            `boxplot.png` (whole-image Dice and HD95 per region), `lesion_boxplot.png`
+            (lesion-wise), `loss_graph.png` (with `training_log`) and `overlays/<case>.png`
+            (with `overlays`, for the cases whose truth folder holds a FLAIR image).
         convention: the truths' convention (its scored regions are scored); None: detected
             (`truth_convention`).
+        scoring: the scoring edition (`unet3d.scoring.SCORING_EDITIONS`); None: the
+            convention's.
+        skip_missing: leave out the truths without a prediction (listed in a warning) instead of
+            scoring them as the official evaluators do: every Dice, NSD, sensitivity and
+            specificity 0, every HD95 the edition's penalty.
         training_log: the CSV log of training (columns epoch, loss and usually val_loss) to plot.
         overlays: whether to draw the per-case overlays.
-        progress: called after each case as `progress(index, n_cases, case, row)`; by default a
-            line "[i/n] case: WT 0.912 TC 0.850 ET 0.801" (Dice) goes to the package log.
+        progress: called after each case as `progress(index, n_cases, case, row)` with the case's
+            row of `Evaluation.rows`; by default a line "[i/n] case: WT 0.912 TC 0.850 ET 0.801"
+            (Dice; then the lesion-wise Dice) goes to the package log.
 
     Returns:
-        One row per case, in case order: {"case": name, "wt_dice": ..., ...} (`score_columns`).
+        The `Evaluation`: edition, regions, whole-image and lesion-wise rows in case order, and
+        the cases without prediction.
 
     Raises:
         InputError: no prediction; a prediction without truth; a prediction and its truth on
-            different grids; unknown label values; a missing or unreadable training log.
+            different grids; unknown label values; an edition without parameters for the
+            convention's task; a missing or unreadable training log.
     """
     output_dir = Path(output_dir)
     predictions = find_prediction_files(prediction_dir)
     found = _truth_cases(Path(truth_dir))
     convention = truth_convention(truth_dir, convention, found)
+    edition = get_edition(scoring or convention.scoring)
+    if edition.lesions == "dilation":
+        edition.rule(convention.task)
     cases = {case.name: case for case in found}
-    truths = {name: case.label for name, case in cases.items()}
     flairs = {name: case.images["flair"] for name, case in cases.items()
               if "flair" in case.images and case.channels is None}
-    without_truth = sorted(set(predictions) - set(truths))
+    without_truth = sorted(set(predictions) - set(cases))
     if without_truth:
         raise InputError(f"no truth in {truth_dir} for the predictions of {len(without_truth)} "
                          f"case(s): {', '.join(without_truth)}; expected <case>/<case>_seg.nii.gz "
                          "or <case>_seg.nii.gz there. Pass the matching --truth_dir or remove "
                          "those predictions")
-    without_prediction = sorted(set(truths) - set(predictions))
-    if without_prediction:
-        get_logger().warning(f"{len(without_prediction)} truth(s) without a prediction in "
-                             f"{prediction_dir}, skipped: {', '.join(without_prediction)}")
+    missing = sorted(set(cases) - set(predictions))
+    if missing:
+        what = ("skipped (--skip_missing)" if skip_missing else
+                f"scored as missing, as the official evaluators do: Dice 0, HD95 the penalty "
+                f"({edition.name}; --skip_missing to leave them out)")
+        get_logger().warning(f"{len(missing)} truth(s) without a prediction in {prediction_dir}, "
+                             f"{what}: {', '.join(missing)}")
     history = read_training_log(training_log) if training_log is not None else None
     progress = progress or _log_case
 
-    rows = []
-    for index, (case, prediction_path) in enumerate(predictions.items(), start=1):
+    names = sorted(predictions) if skip_missing else sorted(cases)
+    evaluation = Evaluation(edition, tuple(region.name for region in convention.scored), [], [],
+                            missing)
+    for index, case in enumerate(names, start=1):
         flair = flairs.get(case) if overlays else None
-        rows.append(_score_case(case, prediction_path, truths[case], convention, flair,
-                                output_dir))
-        progress(index, len(predictions), case, rows[-1])
+        whole, lesions = _score_case(case, predictions.get(case), cases[case].label, convention,
+                                     edition, flair, output_dir)
+        evaluation.scores.append(whole)
+        evaluation.lesions.extend(lesions)
+        progress(index, len(names), case, _case_row(whole, lesions))
 
-    write_scores(rows, output_dir / "scores.csv")
-    write_summary(summarize(rows), output_dir / "summary.csv")
-    plot_boxplot(rows, output_dir / "boxplot.png", HD95_EMPTY)
+    write_scores(evaluation.scores, output_dir / "scores.csv")
+    write_summary(summarize(evaluation.rows), output_dir / "summary.csv")
+    task_penalty = edition.penalty_of(convention.task)
+    plot_boxplot(evaluation.scores, output_dir / "boxplot.png", "whole image",
+                 task_penalty if isinstance(task_penalty, float) else None)
+    lesion_outputs = (output_dir / "lesion_scores.csv", output_dir / "lesion_boxplot.png")
+    if evaluation.lesions:
+        write_scores(evaluation.lesions, lesion_outputs[0])
+        by_case: dict[str, dict] = {}
+        for lesion in evaluation.lesions:
+            by_case.setdefault(lesion["case"], {"case": lesion["case"]}).update(
+                {f"{lesion['region']}_{metric}": lesion[metric] for metric in ("dice", "hd95")})
+        plot_boxplot(list(by_case.values()), lesion_outputs[1], f"lesion-wise ({edition.name})")
+    else:  # a report of an earlier run with a lesion-wise edition would mislead
+        for path in lesion_outputs:
+            path.unlink(missing_ok=True)
     if history is not None:
         plot_loss_graph(history, output_dir / "loss_graph.png", title=Path(training_log).name)
-    return rows
+    return evaluation
 
 
-def _score_case(case: str, prediction_path: Path, truth_path: Path, convention: Convention,
-                flair_path: Path | None, output_dir: Path) -> dict:
-    """The scores row of one case; with `flair_path`, its overlay too."""
+def _score_case(case: str, prediction_path: Path | None, truth_path: Path,
+                convention: Convention, edition: Edition, flair_path: Path | None,
+                output_dir: Path) -> tuple[dict, list[dict]]:
+    """The whole-image scores row and the lesion-wise rows of one case (a missing prediction:
+    `prediction_path` None); with `flair_path` and a prediction, its overlay too.
+
+    Everything is computed in the box around the labels of truth and prediction, wide enough
+    for the edition's dilations: the regions, their components and surfaces there are those of
+    the whole image, and the background outside it counts for the specificity."""
     truth, truth_geometry = read_nifti(truth_path)
-    pred, pred_geometry = read_nifti(prediction_path)
-    if not pred_geometry.same_grid(truth_geometry):
-        raise InputError(
-            f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not on "
-            f"the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
-            "predictions in the native space of the cases (as brats/predict.py does)")
-    truth_masks = region_masks(truth, convention, str(truth_path))
-    pred_masks = region_masks(pred, convention, str(prediction_path))
-    scores = evaluate_masks(truth_masks, pred_masks, truth_geometry.spacing)
+    spacing, shape = truth_geometry.spacing, truth.shape
+    hd_penalty = penalty(edition, convention.task, shape, spacing)
+    pred = None
+    if prediction_path is not None:
+        pred, pred_geometry = read_nifti(prediction_path)
+        if not pred_geometry.same_grid(truth_geometry):
+            raise InputError(
+                f"case {case}: prediction {prediction_path} ({pred_geometry.describe()}) is not "
+                f"on the grid of its truth {truth_path} ({truth_geometry.describe()}); write the "
+                "predictions in the native space of the cases (as brats/predict.py does)")
+    margin = 1 + (edition.rule(convention.task).largest_dilation if edition.lesions == "dilation"
+                  else 0)
+    box = mask_box((truth != 0) if pred is None else (truth != 0) | (pred != 0), margin)
+    truth_masks = region_masks(truth[box], convention, str(truth_path))
+    lesion_wise = {}
+    if pred is None:
+        scores = {region: {"dice": 0.0, "hd95": hd_penalty, "sensitivity": 0.0,
+                           "specificity": 0.0} for region in truth_masks}
+        if edition.lesions:
+            lesion_wise = {region: missing_scores(mask, edition, convention.task, region, spacing,
+                                                  shape) for region, mask in truth_masks.items()}
+    else:
+        pred_masks = region_masks(pred[box], convention, str(prediction_path))
+        outside = truth.size - truth[box].size
+        scores = evaluate_masks(truth_masks, pred_masks, spacing, hd_penalty, outside)
+        if edition.lesions:
+            lesion_wise = {region: lesion_scores(truth_masks[region], pred_masks[region], edition,
+                                                 convention.task, region, spacing, shape)
+                           for region in truth_masks}
+        if flair_path is not None:
+            _overlay(case, flair_path, truth_path, truth, pred, convention, scores, output_dir)
     row = {"case": case, **{f"{region}_{metric}": scores[region][metric]
                             for region in scores for metric in METRICS}}
-    if flair_path is not None:
-        flair, _ = read_nifti(flair_path, dtype=np.float32)
-        if flair.shape == truth.shape:
-            plot_overlay(flair, truth_masks, pred_masks, case,
-                         {region: scores[region]["dice"] for region in scores},
-                         output_dir / "overlays" / f"{case}.png")
-        else:
-            get_logger().warning(f"case {case}: no overlay, {flair_path} (shape {flair.shape}) "
-                                 f"and {truth_path} (shape {truth.shape}) differ in shape")
-    return row
+    return row, [{"case": case, "region": region, **values}
+                 for region, values in lesion_wise.items()]
+
+
+def _overlay(case: str, flair_path: Path, truth_path: Path, truth: np.ndarray,
+             pred: np.ndarray, convention: Convention,
+             scores: Mapping[str, Mapping[str, float]], output_dir: Path) -> None:
+    flair, _ = read_nifti(flair_path, dtype=np.float32)
+    if flair.shape == truth.shape:
+        plot_overlay(flair, region_masks(truth, convention), region_masks(pred, convention), case,
+                     {region: scores[region]["dice"] for region in scores},
+                     output_dir / "overlays" / f"{case}.png")
+    else:
+        get_logger().warning(f"case {case}: no overlay, {flair_path} (shape {flair.shape}) "
+                             f"and {truth_path} (shape {truth.shape}) differ in shape")
 
 
 # --------------------------------------------------------------------------- reports
 
 def write_scores(rows: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
-    """Write the per-case rows as CSV (columns case, then the score columns), atomically."""
+    """Write the per-case rows as CSV (columns case, then the others: region and the scores of
+    lesion-wise rows, the score columns of whole-image rows), atomically."""
     path = Path(path)
     columns = ["case", *_columns(rows)]
     with atomic_write(path, ".csv") as tmp, open(tmp, "w", newline="") as stream:

@@ -99,17 +99,19 @@ def plot_loss_graph(history: Mapping[str, np.ndarray], path: str | os.PathLike,
     _save(figure, Path(path))
 
 
-def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
+def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike, title: str = "",
                  empty_penalty: float | None = None) -> None:
     """Box plots over cases of Dice (left) and HD95 (right) per region, with their means
-    (triangles), into a PNG, atomically. HD95s equal to `empty_penalty` (BraTS' value for a
+    (triangles), into a PNG, atomically; `title` says which scores ("whole image"). NaN scores
+    (undefined lesion-wise scores) are left out. HD95s equal to `empty_penalty` (the value for a
     region empty in only one of truth and prediction) are counted in a note."""
     regions = [key[:-len("_dice")] for key in rows[0] if key.endswith("_dice")]
     names = [region.upper() for region in regions]
     figure = Figure(figsize=(9, 4.5))
     dice_ax, hd95_ax = figure.subplots(1, 2)
     for ax, metric, label in ((dice_ax, "dice", "Dice"), (hd95_ax, "hd95", "HD95 (mm)")):
-        ax.boxplot([[row[f"{region}_{metric}"] for row in rows] for region in regions],
+        ax.boxplot([[row[f"{region}_{metric}"] for row in rows
+                     if not math.isnan(row[f"{region}_{metric}"])] for region in regions],
                    showmeans=True)
         ax.set_xticks(range(1, len(names) + 1), names)
         ax.set_ylabel(label)
@@ -121,7 +123,7 @@ def plot_boxplot(rows: Sequence[Mapping[str, float]], path: str | os.PathLike,
         counts = ", ".join(f"{name} {n}" for name, n in penalised.items() if n)
         hd95_ax.set_title(f"{empty_penalty:g} mm: region empty in only one of truth and "
                           f"prediction ({counts})", fontsize=7)
-    figure.suptitle(f"{len(rows)} case(s); triangles: means")
+    figure.suptitle(f"{title + ': ' if title else ''}{len(rows)} case(s); triangles: means")
     figure.tight_layout()
     _save(figure, Path(path))
 

@@ -321,7 +321,7 @@ def finish_run(config: TrainConfig, store: DataStore, validation: list[int],
     if validated(out_dir) == about or not Path(config.model_file).exists():
         return
     get_logger().info("predicting the validation cases with the best model into %s", out_dir)
-    rows = write_validation(load_old_model(config.model_file, compile=False), store, cases,
+    evaluation = write_validation(load_old_model(config.model_file, compile=False), store, cases,
                             validation_window(config, store), config.target, config.convention,
                             out_dir, config.training_log, about)
-    get_logger().info(format_summary(rows))
+    get_logger().info(format_summary(evaluation))

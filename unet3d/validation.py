@@ -26,7 +26,7 @@ import numpy as np
 from unet3d.config import PredictConfig
 from unet3d.data import DataStore
 from unet3d.case_metrics import dice, region_masks
-from unet3d.evaluation import evaluate_folder
+from unet3d.evaluation import Evaluation, evaluate_folder
 from unet3d.io import atomic_folder, write_nifti
 from unet3d.conventions import ConventionLike, as_convention
 from unet3d.labels import REGION_NAMES
@@ -113,13 +113,13 @@ class CaseValidation(keras.callbacks.Callback):
 def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
                      config: PredictConfig, target: str, convention: ConventionLike,
                      out_dir: str | Path, training_log: str | Path | None = None,
-                     about: dict | None = None) -> list[dict]:
+                     about: dict | None = None) -> Evaluation:
     """Predict the validation `cases` with `model` into `out_dir/predictions/<case>.nii.gz` (on
     each case's native grid), write their truths to `out_dir/truths/<case>_seg.nii.gz`, and score
     them with `evaluate_folder` into `out_dir` (scores.csv, summary.csv, boxplot.png and, with
     `training_log`, loss_graph.png); `about` (which model was validated) goes to
     `out_dir/validated.json`. The folder is filled beside `out_dir` and takes its place when
-    complete: a killed run leaves the previous one whole. Returns the scores' rows."""
+    complete: a killed run leaves the previous one whole. Returns the `Evaluation`."""
     with atomic_folder(out_dir) as tmp:
         for count, case in enumerate(cases, start=1):
             name = store.subject_ids[case].replace(" ", "_")
@@ -128,10 +128,11 @@ def write_validation(model: keras.Model, store: DataStore, cases: Sequence[int],
             write_nifti(prediction, grid, tmp / "predictions" / f"{name}.nii.gz", dtype=np.uint8)
             write_nifti(truth, grid, tmp / "truths" / f"{name}_seg.nii.gz", dtype=np.uint8)
             get_logger().info(f"[{count}/{len(cases)}] validation case {name} predicted")
-        rows = evaluate_folder(tmp / "predictions", tmp / "truths", tmp, convention=convention,
-                               training_log=training_log, overlays=False)
+        evaluation = evaluate_folder(tmp / "predictions", tmp / "truths", tmp,
+                                     convention=convention, training_log=training_log,
+                                     overlays=False)
         (tmp / VALIDATED).write_text(json.dumps(about or {}, indent=1) + "\n")
-    return rows
+    return evaluation
 
 
 def validated(out_dir: str | Path) -> dict | None:
