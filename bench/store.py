@@ -2,7 +2,8 @@
 
 Writes synthetic BraTS cases, stores them once with `write_data_to_file` (the default layout) and
 then copies the very same arrays into the legacy port's layout (float32 (N, C, X, Y, Z), Blosc
-level 5, default chunks) and into a few alternative layouts. Every layout then serves the same
+level 5, default chunks) and into a few alternative layouts (the default without its Fletcher-32
+checksums among them). Every layout then serves the same
 random four-channel patches through `DataStore.read_patch` (channels-last float32, as training
 consumes them), interleaved round by round so machine noise hits them alike. Prints patches/s,
 file size and the ratio to the legacy layout.
@@ -66,8 +67,10 @@ def main(argv):
         print(f"default store written in {time.perf_counter() - start:.1f} s")
         reference = DataStore(work / "store.h5")
 
-        layouts = {"default: uint16, 32^3 chunks, blosc:lz4": work / "store.h5"}
+        layouts = {"default: uint16, 32^3 chunks, blosc:lz4, Fletcher-32": work / "store.h5"}
         variants = [
+            ("uint16, 32^3 chunks, blosc:lz4, no checksum", np.uint16,
+             tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True), 32),
             ("float16, 32^3 chunks, blosc:lz4", np.float16, FILTERS, 32),
             ("float32, 32^3 chunks, blosc:lz4", np.float32, FILTERS, 32),
             ("uint16, 64^3 chunks, blosc:lz4", np.uint16, FILTERS, 64),

@@ -17,7 +17,7 @@ from absl import flags
 
 from unet3d import cli
 from unet3d.config import DemoConfig
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
@@ -35,6 +35,9 @@ def main(argv) -> int:
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     return 0
 
 

@@ -18,7 +18,7 @@ HD95 the penalty, as the official evaluators do (--skip_missing leaves it out). 
 (n-1), median, quartiles), boxplot.png, lesion_boxplot.png, loss_graph.png (with --training_log)
 and overlays/<case>.png to --output_dir, logs to <output_dir>/evaluate.log, one progress line
 per case, and ends with a table of the mean Dice and HD95 per region. Exit status 2 for bad
-arguments or input.
+arguments or input, 1 when a report could not be written (a full disk).
 """
 
 from pathlib import Path
@@ -27,7 +27,7 @@ from absl import flags
 
 from unet3d import cli
 
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.evaluation import evaluate_folder, format_summary
 from unet3d.logs import setup_logging
 from unet3d.scoring import EDITIONS
@@ -71,6 +71,9 @@ def main(argv):
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     logger.info(format_summary(evaluation))
     logger.info(f"scores, summary and plots written to {output_dir}")
     return 0

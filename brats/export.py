@@ -7,14 +7,14 @@ Writes <output>/saved_model/ (serving signature "serving_default": "image", floa
 (batch, x, y, z, channels) with sizes multiples of 16 for the Isensee model -> "segmentation",
 float32 (batch, x, y, z, labels)), a copy of the .keras file, signature.json and README.txt.
 The folder appears complete or not at all. Exit status 2 for bad arguments or input (missing or
-unreadable model file, existing --output without --overwrite).
+unreadable model file, existing --output without --overwrite), 1 when it could not be written.
 """
 
 from absl import flags
 
 from unet3d import cli
 
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
@@ -41,6 +41,9 @@ def main(argv):
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     logger.info(f"exported {FLAGS.model_file} to {output}; see {output / 'README.txt'}")
     return 0
 

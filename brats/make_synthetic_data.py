@@ -16,7 +16,7 @@ from absl import flags
 
 from unet3d import cli
 
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.synthetic import make_synthetic_brats, parse_shape
 
 FLAGS = flags.FLAGS
@@ -46,6 +46,9 @@ def main(argv) -> int:
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {FLAGS.n_cases} case(s) to {FLAGS.out_dir}")
     return 0
 

@@ -23,7 +23,7 @@ from absl import flags
 
 from unet3d import cli
 from unet3d.config import PredictConfig
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
@@ -79,6 +79,9 @@ def main(argv) -> int:
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     logger.info(f"predicted {len(report.done)}, skipped {len(report.skipped)} (already done), "
                 f"failed {len(report.failed)}; log: {output_dir / 'predict.log'}")
     if report.failed:

@@ -22,7 +22,7 @@ from absl import flags
 from unet3d import cli
 from unet3d.config import TrainConfig
 from unet3d.data import write_store_from_folder
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 from unet3d.preprocessing import FULL_QUALITY_N4, PreprocessConfig, preprocess_brats
 
@@ -81,6 +81,9 @@ def main(argv) -> int:
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     return 0
 
 

@@ -6,7 +6,8 @@ Defaults are the paper recipe: random 128^3 patches (a third centred on tumour),
 100 batches per epoch, 300 epochs, Adam 5e-4 x 0.985^epoch, WT/TC/ET targets with BCE + Dice, the
 full augmentation. `--preset legacy` reproduces the Keras-2 port's configuration (whole 128^3
 resampled images, permutations, plateau schedule, weighted Dice over the raw labels).
-Rerunning the same command resumes from the last completed epoch. Exit status 2 on bad input.
+Rerunning the same command resumes from the last completed epoch. Exit status 2 on bad input, 1
+when a file of the run could not be written (a full disk) or training stopped on a NaN.
 """
 
 from absl import flags

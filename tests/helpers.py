@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,11 +26,24 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL_SHAPE = (64, 64, 48)
 
 
-def run_script(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run brats/<script> in a subprocess; returns the CompletedProcess (text output)."""
+def run_script(script: str, *args: str, timeout: int = 600,
+               file_size_limit: int | None = None) -> subprocess.CompletedProcess:
+    """Run brats/<script> in a subprocess; returns the CompletedProcess (text output).
+
+    `file_size_limit` (bytes) makes every write past that size in a file fail with EFBIG, as a
+    full disk fails them (RLIMIT_FSIZE, with SIGXFSZ ignored so the write returns the error);
+    the child then writes no bytecode (Python would publish cut-short .pyc files)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    if file_size_limit:
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+
     return subprocess.run([sys.executable, str(REPO / "brats" / script), *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=limit_file_size if file_size_limit else None)
 
 
 def touch(folder: Path, *names: str) -> None:

@@ -139,8 +139,9 @@ def test_brats2023_cases_get_enhancing_tumour_as_label_3(tmp_path, target):
 @pytest.mark.parametrize("config, message", [
     (PredictConfig(convention="brats2024-men-rt"), "brats2024-men-rt has no label for brats2020's"),
     (PredictConfig(convention="brats1999"), "unknown convention 'brats1999'"),
-    (PredictConfig(threshold=7.0), "--threshold 7.0: a probability"),
-    (PredictConfig(min_et_voxels=-5), "--min_et_voxels -5"),
+    (PredictConfig(threshold=7.0), r"--threshold 7.0: must be in \(0, 1\)"),
+    (PredictConfig(min_et_voxels=-5), r"--min_et_voxels -5: must be in \[0, inf\)"),
+    (PredictConfig(step=0.0), r"--step 0.0: must be in \(0, 1\]"),
     (PredictConfig(whole_volume=True, patch_shape=(16, 16, 16)), "exclude each other"),
 ])
 def test_impossible_prediction_settings_stop_before_any_case(config, message, tmp_path,

@@ -18,6 +18,7 @@ folder follows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import Counter
@@ -87,6 +88,8 @@ class Case:
     candidates: the conventions its id and file names fit (`unet3d.conventions`), in order of
         preference; convention: the one its folder follows, set by `detect_convention`.
     channels: for a 4D file holding every modality (the MSD layout), the channel of each.
+    problem: what makes the case unusable although its files were found (its folder holds
+        another case's files); `check` raises it.
     """
 
     name: str
@@ -96,6 +99,7 @@ class Case:
     candidates: tuple[str, ...] = ()
     convention: str | None = None
     channels: dict[str, int] | None = None
+    problem: str | None = None
 
     @property
     def entry(self) -> Convention:
@@ -114,7 +118,10 @@ class Case:
         return get_convention(self.convention).session(self.name) if self.convention else None
 
     def check(self, modalities: Sequence[str] = MODALITIES) -> None:
-        """Raise `InputError` naming the case and the missing files if a modality is absent."""
+        """Raise `InputError` naming the case and the files at fault if a modality is absent or
+        the case's folder holds another case's files (`problem`)."""
+        if self.problem:
+            raise InputError(f"case {self.name}: {self.problem}")
         missing = [m for m in modalities if m not in self.images]
         if missing:
             convention = self.entry
@@ -242,8 +249,9 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
             continue
         modality_counts = Counter(what for _, what, _, _ in classified if what != "label")
         if modality_counts and max(modality_counts.values()) == 1:
-            cases.append(_case_from_files(directory.name, directory,
-                                          [(p, w, t) for p, w, t, _ in classified]))
+            case = _case_from_files(directory.name, directory,
+                                    [(p, w, t) for p, w, t, _ in classified])
+            cases.append(dataclasses.replace(case, problem=_foreign_files(directory, classified)))
             continue
         groups: dict[str, list[tuple[Path, str, str]]] = {}
         for path, what, token, prefix in classified:
@@ -251,6 +259,27 @@ def find_cases(root: str | os.PathLike) -> list[Case]:
         for prefix, files in sorted(groups.items()):  # label files alone: modalities missing
             cases.append(_case_from_files(prefix or directory.name, directory, files))
     return _unique(cases, root)
+
+
+def _foreign_files(directory: Path, classified: list[tuple[Path, str, str, str]]) -> str | None:
+    """What is wrong when a case folder holds another case's files (None when nothing is):
+    modality files named after two case ids, or a label file named after a case id (of a BraTS
+    release) its images do not have. (Label files of other names, as some releases ship, are the
+    case's.)"""
+    ids: dict[str, list[str]] = {}
+    for path, what, _, prefix in classified:
+        if what != "label" and prefix.rstrip("_-."):
+            ids.setdefault(prefix.rstrip("_-."), []).append(path.name)
+    labels = [(path.name, prefix.rstrip("_-.")) for path, what, _, prefix in classified
+              if what == "label" and prefix.rstrip("_-.")]
+    foreign = [name for name, case_id in labels
+               if ids and case_id not in ids and candidates(case_id, set())]
+    if len(ids) <= 1 and not foreign:
+        return None
+    named = "; ".join(f"{case_id}: {', '.join(names)}" for case_id, names in ids.items())
+    return (f"its folder {directory} holds files of several cases ({named}"
+            f"{'; label ' + ', '.join(foreign) if foreign else ''}); move each file to its own "
+            "case's folder")
 
 
 def _unique(cases: list[Case], root: Path) -> list[Case]:

@@ -9,7 +9,8 @@ would use. `config_from_flags` puts the flags that were given over the recipe's 
 typed twice: a default lives in its dataclass only (`unet3d.config`).
 
 `run(main)` runs a script like `absl.app.run`, with the project's exit statuses: 0 all good, 1 some
-case failed, 2 bad usage (a bad flag value or argument included); `--help` exits 0.
+case failed or a file could not be written (`OutputError`: a full disk, a quota), 2 bad usage (a
+bad flag value or argument included); `--help` exits 0.
 
 `run` hides TensorFlow's own C++ information and warnings (start-up, CUDA and per-epoch dataset
 messages; `unet3d.logs.hide_native_log`) unless `--tensorflow_log` is given.
@@ -29,7 +30,7 @@ from absl import app, flags
 
 from unet3d.config import CONVENTION_ALIASES, TrainConfig, preset
 from unet3d.conventions import CONVENTIONS
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.logs import hide_native_log, setup_logging
 
 FLAGS = flags.FLAGS
@@ -262,6 +263,9 @@ def train_main(argv) -> int:
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
+    except OutputError as error:  # a file could not be written: not bad usage
+        logger.error(f"error: {error}")
+        return 1
     if result.stopped_by_nan:
         return 1
     logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file} (its model "

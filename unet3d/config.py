@@ -16,6 +16,7 @@ This module imports nothing heavy, so any module may read its defaults.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Sequence
@@ -38,7 +39,8 @@ CONVENTION_ALIASES = {**ALIASES, "1,2,4": "brats2020", "1,2,3": "brats2023-gli"}
 
 def option(default: Any, help: str, choices: Sequence[str] | None = None,
            none: str | None = None, aliases: dict[str, Any] | None = None,
-           resumable: bool = False, flag_aliases: Sequence[str] = ()):
+           resumable: bool = False, flag_aliases: Sequence[str] = (),
+           interval: str | None = None):
     """A dataclass field with its command-line description.
 
     Args:
@@ -51,10 +53,36 @@ def option(default: Any, help: str, choices: Sequence[str] | None = None,
         resumable: (training) the setting may change when a run resumes: it says how or where
             the run goes, not what it trains.
         flag_aliases: other flag names of the setting (the names of older versions).
+        interval: the numbers allowed (each one, for a tuple), in interval notation: "[1, inf)",
+            "(0, 1]" (`check_intervals`).
     """
     metadata = {"help": help, "choices": tuple(choices) if choices else None, "none": none,
-                "aliases": aliases, "resumable": resumable, "flag_aliases": tuple(flag_aliases)}
+                "aliases": aliases, "resumable": resumable, "flag_aliases": tuple(flag_aliases),
+                "interval": interval}
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def _inside(value: float, interval: str) -> bool:
+    low_bracket, low, high, high_bracket = re.fullmatch(
+        r"([\[(])\s*([^,]+),\s*([^\])]+?)\s*([\])])", interval).groups()
+    low, high = float(low), float(high)
+    return ((value >= low if low_bracket == "[" else value > low)
+            and (value <= high if high_bracket == "]" else value < high))
+
+
+def check_intervals(config: Any) -> None:
+    """InputError naming the flag and its interval for a number of a settings dataclass outside
+    the interval its field allows (`option(interval=...)`); None stays allowed where the field
+    has a meaning for it."""
+    for item in dataclasses.fields(config):
+        interval, value = item.metadata.get("interval"), getattr(config, item.name)
+        if interval is None or value is None:
+            continue
+        numbers = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(n, bool) or not isinstance(n, (int, float)) or not _inside(n, interval)
+               for n in numbers):
+            shown = ",".join(map(str, numbers))
+            raise InputError(f"--{item.name} {shown}: must be in {interval}")
 
 
 @dataclasses.dataclass
@@ -89,18 +117,18 @@ class TrainConfig:
                         "3D U-Net.", choices=MODELS)
     legacy_model: bool = option(False, "Isensee network with the port's leaky ReLU slope 0.3 and "
                                 "normalisation epsilon 1e-3 (the paper's: 0.01, 1e-5).")
-    n_base_filters: int = option(16, "Filters of the first level, doubled at each level.")
+    n_base_filters: int = option(16, "Filters of the first level, doubled at each level.", interval="[1, inf)")
     deconvolution: bool = option(True, "Plain U-Net: upsample with transposed convolutions (the "
                                  "port) instead of nearest-neighbour upsampling.")
     image_shape: tuple[int, int, int] | None = option(
         None, "Build --data_file resampled to this shape, e.g. 128,128,128 (the port's store).",
-        none="each brain cropped at native resolution (the paper)")
+        none="each brain cropped at native resolution (the paper)", interval="[1, inf)")
     patch_shape: tuple[int, int, int] | None = option(
         (128, 128, 128), "Training patch, sizes divisible by the network's divisor; it is also "
-        "the prediction window.", none="whole images")
+        "the prediction window.", none="whole images", interval="[1, inf)")
     random_patches: bool = option(True, "Random patches, a third centred on tumour (the paper); "
                                   "--norandom_patches: the port's patch grid.")
-    batch_size: int = option(2, "Global batch, split over the replicas.")
+    batch_size: int = option(2, "Global batch, split over the replicas.", interval="[1, inf)")
     validation: str = option("cases", "Validation: cases (predict the validation cases whole with "
                              "sliding windows and score Dice per region as brats/evaluate.py "
                              "does; the best model has the best mean Dice) or patches (the loss "
@@ -108,27 +136,27 @@ class TrainConfig:
                              "val_loss).", choices=VALIDATIONS)
     validation_every: int = option(1, "Epochs between whole-case validations (the last epoch "
                                    "is always validated; patches are validated every epoch).",
-                                   resumable=True)
+                                   resumable=True, interval="[1, inf)")
     validation_cases: int = option(10, "Cases validated (--validation cases): the first ones of "
-                                   "the validation split, all when it has fewer.")
+                                   "the validation split, all when it has fewer.", interval="[1, inf)")
     validation_batch_size: int | None = option(None, "Global batch of the patch validation.",
-                                               none="--batch_size")
+                                               none="--batch_size", interval="[1, inf)")
     steps_per_epoch: int | None = option(100, "Batches per epoch.",
-                                         none="one pass over the patch grid (the port)")
+                                         none="one pass over the patch grid (the port)", interval="[1, inf)")
     n_epochs: int = option(300, "Epochs of the run (raise it to extend a finished run).",
-                           resumable=True)
-    initial_learning_rate: float = option(5e-4, "Adam's learning rate at the first epoch.")
+                           resumable=True, interval="[1, inf)")
+    initial_learning_rate: float = option(5e-4, "Adam's learning rate at the first epoch.", interval="(0, inf)")
     lr_schedule: str = option("exponential", "Learning-rate schedule: exponential (x 0.985 per "
                               "epoch, the paper), step, plateau (the port), poly or constant.",
                               choices=SCHEDULES)
     learning_rate_drop: float = option(0.5, "Factor of each drop of the step and plateau "
-                                       "schedules.")
+                                       "schedules.", interval="(0, 1)")
     learning_rate_epochs: int | None = option(None, "Epochs between drops of the step schedule.",
-                                              none="no step schedule")
+                                              none="no step schedule", interval="[1, inf)")
     learning_rate_patience: int = option(10, "Epochs without a better val_loss before the "
-                                         "plateau schedule drops the rate.")
+                                         "plateau schedule drops the rate.", interval="[0, inf)")
     early_stopping_patience: int | None = option(None, "Stop after this many epochs without a "
-                                                 "better val_loss.", none="never stop early")
+                                                 "better val_loss.", none="never stop early", interval="[0, inf)")
     target: str = option("regions", "Network outputs: the convention's nested regions (nnU-Net; "
                          "WT/TC/ET, and RC, CC or GTV where the convention has them), or one "
                          "channel per label value (the port).", choices=TARGETS)
@@ -149,18 +177,18 @@ class TrainConfig:
         "many voxels per axis.", none="a fixed grid")
     skip_blank: bool = option(False, "Leave out patches without tumour (the port).")
     data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
-                               "drawn (1.0: no validation).")
+                               "drawn (1.0: no validation).", interval="(0, 1]")
     precision: str = option("auto", "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with "
                             "bfloat16 units, else float32.", choices=PRECISIONS)
     strategy: str = option("auto", "auto: multi_worker when TF_CONFIG is set, mirrored with "
                            "several GPUs (or --cpu_replicas > 1), else one_device.",
                            choices=STRATEGIES, resumable=True)
     cpu_replicas: int = option(1, "Without GPUs: split the CPU into this many logical devices, "
-                               "one replica each (tests, benchmarks).", resumable=True)
+                               "one replica each (tests, benchmarks).", resumable=True, interval="[1, inf)")
     workers: int = option(2, "Processes making batches (0: in the training process).",
-                          resumable=True)
+                          resumable=True, interval="[0, inf)")
     seed: int = option(0, "Seed of the split, the patches, the augmentation and the initial "
-                       "weights.")
+                       "weights.", interval="[0, inf)")
     verbose: int | str = option("auto", "Keras progress: auto (a bar on a terminal, else none: "
                                 "the run's line per epoch says it), 0 (none), 1 (a bar) or 2 "
                                 "(Keras' line per epoch).", resumable=True)
@@ -204,17 +232,17 @@ class PredictConfig:
     model card; the last three fields stand in for a card, for models that have none."""
 
     patch_shape: tuple[int, int, int] | None = option(
-        None, "Sliding window, e.g. 128,128,128.", none="the training patch (model card)")
+        None, "Sliding window, e.g. 128,128,128.", none="the training patch (model card)", interval="[1, inf)")
     whole_volume: bool = option(False, "One pass over the whole brain box instead of sliding "
                                 "windows (the most memory).")
-    step: float = option(0.5, "Window step, a fraction of the window in (0, 1].")
+    step: float = option(0.5, "Window step, a fraction of the window in (0, 1].", interval="(0, 1]")
     weighting: str = option("gaussian", "Weights of each window's prediction: gaussian "
                             "(nnU-Net's, sigma = window / 8) or constant.", choices=WEIGHTINGS)
     tta: str = option("none", "Test-time augmentation: mirror (the 8 flips, 8x the time) or "
                       "permute (the port's 48 permutations, cubic windows).", choices=TTA_MODES)
-    batch_size: int = option(1, "Windows per model call.")
+    batch_size: int = option(1, "Windows per model call.", interval="[1, inf)")
     threshold: float = option(0.5, "Probability from which a voxel is inside a region (the "
-                              "port's label rule: below which it is background).")
+                              "port's label rule: below which it is background).", interval="(0, 1)")
     convention: str | None = option(
         None, "Write the labels of this convention (each tissue of the model's labels as this "
         "convention numbers it, e.g. brats2023-gli for a brats2020 model).",
@@ -222,7 +250,7 @@ class PredictConfig:
         flag_aliases=("labels",))
     min_et_voxels: int = option(0, "BraTS post-processing: a predicted enhancing tumour smaller "
                                 "than this becomes necrosis, for the conventions with that rule "
-                                "(e.g. 200; 0: off).")
+                                "(e.g. 200; 0: off).", interval="[0, inf)")
     bias_correction: bool = option(True, "N4 bias correction of raw inputs, as the model card "
                                    "records for the training data (folders written by "
                                    "brats/preprocess.py are not corrected twice).")
@@ -237,7 +265,7 @@ class PredictConfig:
                                 none="the model card's")
     image_shape: tuple[int, int, int] | None = option(
         None, "The resampled shape of the port's store the model was trained on. Only for a "
-        "model without a card.", none="the model card's (without a card: the brain crop)")
+        "model without a card.", none="the model card's (without a card: the brain crop)", interval="[1, inf)")
 
 
 @dataclasses.dataclass

@@ -186,6 +186,10 @@ def open_data_file(filename: str | os.PathLike, readwrite: str = "r") -> tables.
     try:
         return tables.open_file(str(path), readwrite)
     except (tables.HDF5ExtError, OSError, ValueError) as error:
+        if "unable to lock" in str(error):
+            raise InputError(f"{path}: another process has this store open for writing (HDF5's "
+                             "file lock); wait until it has finished (a running brats/"
+                             "preprocess.py?) or stop it, then run again") from None
         raise InputError(f"{path}: not a readable HDF5 data file ({type(error).__name__}); it may be "
                          "truncated or corrupt: rebuild it") from None
 

@@ -8,19 +8,21 @@ travels as a `Geometry`; `Geometry.affine` is the RAS voxel-to-world matrix niba
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import gzip
 import os
 import shutil
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from unet3d.errors import InputError
+from unet3d.errors import WRITE_ERRNOS, InputError, OutputError
 
 # Largest difference in spacing/origin (mm) and direction cosines still counted as the same grid.
 GRID_TOLERANCE = 1e-3
@@ -92,12 +94,13 @@ def read_nifti(path: str | os.PathLike, dtype: np.dtype | None = None,
                check_finite: bool = True) -> tuple[np.ndarray, Geometry]:
     """Read a NIfTI file. Returns (array indexed (x, y, z), geometry).
 
-    Raises `InputError` naming the file when it cannot be read, is not 3D, or (with
-    `check_finite`) holds NaN or infinite voxels.
+    Raises `InputError` naming the file when it cannot be read, is truncated
+    (`check_complete`), is not 3D, or (with `check_finite`) holds NaN or infinite voxels.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -124,8 +127,9 @@ def read_nifti_channels(path: str | os.PathLike, channels: int
                         ) -> tuple[list[np.ndarray], Geometry]:
     """Read a 4D NIfTI file of `channels` 3D volumes (the Decathlon's images). Returns (the
     volumes indexed (x, y, z), their geometry). Raises `InputError` naming the file when it
-    cannot be read or holds another number of volumes."""
+    cannot be read, is truncated or holds another number of volumes."""
     path = Path(path)
+    check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:
@@ -154,29 +158,102 @@ def nifti_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     return tuple(int(n) for n in reader.GetSize())
 
 
+@dataclass(frozen=True)
+class _Header:
+    endian: str
+    datatype: int
+    bitpix: int
+    n_voxels: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        """Bytes the file holds if complete: the header (and extensions), then the voxels."""
+        return self.offset + self.n_voxels * self.bitpix // 8
+
+
+def _read_header(stream) -> _Header | None:
+    """The fields of a NIfTI-1 or NIfTI-2 header at the start of `stream` (None if it is not
+    one)."""
+    header = stream.read(540)
+    for endian in "<>":
+        if len(header) >= 348 and int(np.frombuffer(header[:4], f"{endian}i4")[0]) == 348:
+            dims = np.frombuffer(header[40:56], f"{endian}i2").astype(np.int64)
+            return _Header(endian, int(np.frombuffer(header[70:72], f"{endian}i2")[0]),
+                           int(np.frombuffer(header[72:74], f"{endian}i2")[0]),
+                           int(np.prod(dims[1:1 + max(int(dims[0]), 0)])),
+                           int(np.frombuffer(header[108:112], f"{endian}f4")[0]))
+        if len(header) == 540 and int(np.frombuffer(header[:4], f"{endian}i4")[0]) == 540:
+            dims = np.frombuffer(header[16:80], f"{endian}i8")
+            return _Header(endian, int(np.frombuffer(header[12:14], f"{endian}i2")[0]),
+                           int(np.frombuffer(header[14:16], f"{endian}i2")[0]),
+                           int(np.prod(dims[1:1 + max(int(dims[0]), 0)])),
+                           int(np.frombuffer(header[168:176], f"{endian}i8")[0]))
+    return None
+
+
+def _open_nifti(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def check_complete(path: str | os.PathLike) -> None:
+    """InputError naming `path` when the NIfTI file holds less voxel data than its header
+    describes, or its gzip stream is corrupt (an interrupted copy, download or write): ITK would
+    read the missing voxels as zeros (`incompleteness`)."""
+    problem = incompleteness(path)
+    if problem:
+        raise InputError(f"{path}: truncated or corrupt, {problem} (an interrupted copy, download "
+                         "or write?); copy or export it again")
+
+
+def incompleteness(path: str | os.PathLike) -> str:
+    """What is missing from a NIfTI file ("" when it is complete, or not NIfTI at all).
+
+    An uncompressed file is judged by its size. A gzipped one first by the uncompressed size its
+    gzip trailer records (a truncated file ends in compressed data instead, which matches with a
+    chance of 1 in 2^32); when that differs, by decompressing it whole. A file whose header is
+    not NIfTI is left for ITK to judge.
+    """
+    path = Path(path)
+    gzipped = path.name.endswith(".gz")
+    with open(path, "rb") as raw:
+        try:
+            header = _read_header(gzip.GzipFile(fileobj=raw) if gzipped else raw)
+        except (EOFError, gzip.BadGzipFile, zlib.error):
+            header = None
+        if header is None:
+            return ""
+        if not gzipped:
+            have, problem = path.stat().st_size, ""
+        else:
+            raw.seek(-4, os.SEEK_END)
+            if int.from_bytes(raw.read(4), "little") == header.size % 2 ** 32:
+                return ""
+            raw.seek(0)
+            have, problem = 0, ""
+            try:
+                with gzip.GzipFile(fileobj=raw) as stream:
+                    while chunk := stream.read(1 << 20):
+                        have += len(chunk)
+            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+                problem = (f"its gzip stream breaks off ({error}) after about {have} of the "
+                           f"{header.size} bytes its header describes")
+    if not problem and have < header.size:
+        problem = f"{header.size - have} of the {header.size} bytes its header describes are missing"
+    return problem
+
+
 def non_finite_voxels(path: str | os.PathLike) -> int:
     """Number of NaN or infinite voxels stored in a float32/float64 NIfTI-1 or NIfTI-2 file
     (0 for other data types)."""
     path = Path(path)
-    with (gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")) as stream:
-        header = stream.read(540)
-        for endian in "<>":
-            size = int(np.frombuffer(header[:4], f"{endian}i4")[0])
-            if size in (348, 540):
-                break
-        else:
-            return 0
-        if size == 348:
-            datatype = int(np.frombuffer(header[70:72], f"{endian}i2")[0])
-            offset = int(np.frombuffer(header[108:112], f"{endian}f4")[0])
-        else:
-            datatype = int(np.frombuffer(header[12:14], f"{endian}i2")[0])
-            offset = int(np.frombuffer(header[168:176], f"{endian}i8")[0])
-        dtype = {16: f"{endian}f4", 64: f"{endian}f8"}.get(datatype)
+    with _open_nifti(path) as stream:
+        header = _read_header(stream)
+        dtype = None if header is None else {16: "f4", 64: "f8"}.get(header.datatype)
         if dtype is None:
             return 0
-        stream.seek(offset)
-        values = np.frombuffer(stream.read(), dtype=dtype)
+        stream.seek(header.offset)
+        values = np.frombuffer(stream.read(), dtype=header.endian + dtype)
     return int((~np.isfinite(values)).sum())
 
 
@@ -202,13 +279,42 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
     return Path(tmp)
 
 
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+def _sync(path: Path) -> None:
+    """Flush a file (or every file of a folder, and the folder) to the disk."""
+    for item in [*sorted(path.rglob("*")), path] if path.is_dir() else [path]:
+        handle = os.open(item, os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike,
+            check: Callable[[Path], None] | None = None) -> None:
     """Atomically rename the finished temporary file or folder `tmp` to `path`, giving it the
-    permissions the umask gives new files (temporary files are created private)."""
+    permissions the umask gives new files (temporary files are created private). It is flushed
+    to the disk and, with `check`, checked (`check(tmp)` raises when it is incomplete) first; the
+    folder is flushed after the rename, so `path` survives a crash of the machine whole."""
+    tmp, path = Path(tmp), Path(path)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, (0o777 if Path(tmp).is_dir() else 0o666) & ~umask)
+    os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~umask)
+    _sync(tmp)
+    if check is not None:
+        check(tmp)
     os.replace(tmp, path)
+    _sync(path.parent)
+
+
+def write_failure(path: str | os.PathLike, error: OSError) -> OSError:
+    """The error to raise for `error`, met writing `path`: an `OutputError` naming `path` and
+    what to do when the disk, a quota or a file-size limit refused the write (`WRITE_ERRNOS`),
+    else `error` itself."""
+    if isinstance(error, OutputError) or error.errno not in WRITE_ERRNOS:
+        return error
+    return OutputError(error.errno, f"{path}: could not be written ({os.strerror(error.errno)}); "
+                       "nothing was published under this name. Free some space (or raise the "
+                       "quota or file-size limit) and run the command again")
 
 
 @contextlib.contextmanager
@@ -254,23 +360,43 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside `path` to write into; on success it is renamed to `path`, on
-    any error (or interrupt) it is removed and `path` is left as it was."""
+def atomic_write(path: str | os.PathLike, suffix: str = "",
+                 check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path` to write into; on success it is flushed to the disk,
+    checked with `check(tmp)` (which raises when it is incomplete) and renamed to `path`; on any
+    error (or interrupt) it is removed and `path` is left as it was. A full disk, quota or
+    file-size limit becomes an `OutputError` naming `path` (`write_failure`)."""
     tmp = temporary_path(path, suffix)
     try:
         yield tmp
-        publish(tmp, path)
+        publish(tmp, path, check)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(path, error) from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def _check_written_nifti(tmp: Path, path: Path) -> None:
+    problem = incompleteness(tmp)
+    if problem:
+        raise OutputError(errno.EIO, f"{path}: written incompletely, {problem}; the disk is "
+                          "probably full (nothing was published under this name): free some "
+                          "space and run the command again")
+
+
 def write_image(image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a SimpleITK image atomically: to a temporary file beside `path`, then rename."""
+    """Write a SimpleITK image atomically: to a temporary file beside `path`, checked complete
+    (ITK may report a failed write on its console only), then renamed."""
     path = Path(path)
-    with atomic_write(path, ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=True)
+    with atomic_write(path, ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix,
+                      lambda tmp: _check_written_nifti(tmp, path)) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=True)
+        except RuntimeError as error:
+            raise OutputError(errno.EIO, f"{path}: ITK could not write it "
+                              f"({str(error).strip().splitlines()[-1]})") from None
 
 
 def write_nifti(array: np.ndarray, geometry: Geometry, path: str | os.PathLike,

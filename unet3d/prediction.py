@@ -27,11 +27,11 @@ import keras
 import numpy as np
 
 from unet3d.brats import Case, detect_convention, find_cases
-from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig
+from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig, check_intervals
 from unet3d.data import DataStore
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.inference import check_patch_shape, predict_volume
-from unet3d.io import Geometry, write_nifti
+from unet3d.io import Geometry, remove_stale_temporaries, write_nifti
 from unet3d.conventions import (CONVENTIONS, Convention, ConventionLike, as_convention,
                                 check_translatable, get_convention, same_meaning,
                                 translatable, translate)
@@ -102,6 +102,7 @@ def model_card(model_file: str | os.PathLike, model: keras.Model, config: Predic
 def check_config(config: PredictConfig, divisor: int) -> None:
     """Stop impossible settings before any case is read, saying what to change; `divisor`: what
     the network's input sizes must be multiples of."""
+    check_intervals(config)
     if config.patch_shape is not None and not config.whole_volume:
         shape = check_patch_shape(config.patch_shape)
         if any(n % divisor for n in shape):
@@ -109,14 +110,6 @@ def check_config(config: PredictConfig, divisor: int) -> None:
                              f"divisible by {divisor} for this network (e.g. 128,128,128)")
         if config.tta == "permute" and len(set(shape)) != 1:
             raise InputError(f"--tta permute needs a cubic window, not {shape}")
-    if not 0 < config.step <= 1:
-        raise InputError(f"--step {config.step}: a fraction of the window in (0, 1]")
-    if not 0 < config.threshold < 1:
-        raise InputError(f"--threshold {config.threshold}: a probability in (0, 1)")
-    if config.min_et_voxels < 0:
-        raise InputError(f"--min_et_voxels {config.min_et_voxels}: a number of voxels, 0 for off")
-    if config.batch_size < 1:
-        raise InputError(f"--batch_size {config.batch_size}: at least 1 window per model call")
     if config.tta not in TTA_MODES or config.weighting not in WEIGHTINGS:
         raise InputError(f"tta {config.tta!r} / weighting {config.weighting!r}: choose from "
                          f"{TTA_MODES} / {WEIGHTINGS}")
@@ -324,6 +317,7 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     report = PredictReport()
     for count, case in enumerate(cases, start=1):
         prefix, out = f"[{count}/{len(cases)}] {case.name}", output_dir / f"{case.name}.nii.gz"
+        remove_stale_temporaries(out)  # left by a killed run (never counted as done)
         if out.exists() and not overwrite:
             report.skipped.append(case.name)
             progress(f"{prefix}: {out} exists, skipped (--overwrite redoes it)")
@@ -332,11 +326,11 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
         try:
             description = _predict_case(model, card, config, case, n4, out)
         except Exception as error:  # noqa: BLE001 - reported per case, the other cases go on
-            message = (str(error) if isinstance(error, InputError) else
-                       f"unexpected {type(error).__name__}: {error}")
+            expected = isinstance(error, (InputError, OutputError))
+            message = str(error) if expected else f"unexpected {type(error).__name__}: {error}"
             report.failed[case.name] = message
             progress(f"{prefix}: FAILED: {message}")
-            if not isinstance(error, InputError):
+            if not expected:
                 get_logger().debug("case %s", case.name, exc_info=True)
             continue
         report.done.append(case.name)

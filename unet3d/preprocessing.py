@@ -8,12 +8,17 @@ N4 inside the brain mask, and writes
     <out_dir>/<case>/{t1,t1ce,flair,t2}.nii.gz   float32, the original grid and geometry (the
                                                   convention's modalities, or --modalities)
     <out_dir>/<case>/truth.nii.gz                 uint8, the original label values (if labelled)
-    <out_dir>/preprocess.json                     the settings and the convention
+    <out_dir>/preprocess.json                     the settings and the convention (and,
+                                                  while an --overwrite is unfinished, the cases
+                                                  it still has to redo)
     <out_dir>/preprocess.log                      the log (written by the script)
 
 Each case folder appears at once (written to a temporary folder, then renamed), so a case folder
-that exists is complete: a rerun skips it unless `overwrite`. Cases run in a process pool; a case
-that fails is reported and the others go on.
+that exists is complete: a rerun skips it unless `overwrite`. An overwrite records the cases it
+redoes before it starts and crosses each off when it is written, so an interrupted overwrite
+goes on where it stopped when rerun (with or without `overwrite`), and the folder is not used
+(for a store, for prediction) before it finished. Cases run in a process pool; a case that fails
+is reported and the others go on; temporary folders that a killed run left are removed.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -35,12 +40,15 @@ import SimpleITK as sitk
 from unet3d.brats import MODALITIES, Case, detect_convention, find_cases, read_case
 from unet3d.config import from_plain, option, to_plain
 from unet3d.conventions import Convention, check_label_values, recorded
-from unet3d.errors import InputError
-from unet3d.io import Geometry, atomic_folder, to_sitk, write_nifti
+from unet3d.errors import InputError, OutputError
+from unet3d.io import (Geometry, atomic_folder, atomic_write, remove_stale_temporaries, to_sitk,
+                       write_nifti)
 from unet3d.logs import get_logger
 from unet3d.model_space import brain_mask
 
 SETTINGS_FILE = "preprocess.json"
+# The key of preprocess.json listing the cases an unfinished overwrite has still to redo.
+PENDING = "overwrite_pending"
 TRUTH_NAME = "truth"
 
 
@@ -186,8 +194,7 @@ def _settings(config: PreprocessConfig, convention: Convention) -> dict:
             "convention": convention.name}
 
 
-def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
-    """The settings a preprocessed folder was written with, or None if it has none."""
+def _read_record(preprocessed_dir: str | os.PathLike) -> dict | None:
     path = Path(preprocessed_dir) / SETTINGS_FILE
     if not path.is_file():
         return None
@@ -195,6 +202,25 @@ def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: unreadable ({error}); delete it and rerun with --overwrite") from None
+
+
+def _write_record(out_dir: Path, settings: dict, pending: Sequence[str]) -> None:
+    record = {**settings, PENDING: sorted(pending)} if pending else settings
+    with atomic_write(out_dir / SETTINGS_FILE, ".json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def read_settings(preprocessed_dir: str | os.PathLike) -> dict | None:
+    """The settings a preprocessed folder was written with, or None if it has none.
+
+    Raises `InputError` when an overwrite of the folder did not finish: its cases mix two
+    settings until brats/preprocess.py is rerun."""
+    record = _read_record(preprocessed_dir)
+    if record is not None and record.get(PENDING):
+        raise InputError(f"{preprocessed_dir}: an --overwrite with new settings did not finish "
+                         f"({len(record[PENDING])} case(s) still hold the old ones, e.g. "
+                         f"{record[PENDING][0]}); rerun brats/preprocess.py on it to finish")
+    return record
 
 
 def read_preprocess_config(preprocessed_dir: str | os.PathLike
@@ -224,7 +250,7 @@ def _run_case(case: Case, out_dir: Path, config: PreprocessConfig) -> tuple[str,
     start = time.monotonic()
     try:
         status, message = "ok", preprocess_case(case, out_dir, config)
-    except InputError as error:
+    except (InputError, OutputError) as error:
         status, message = "error", str(error)
     except Exception as error:  # noqa: BLE001 - reported per case, the other cases go on
         status, message = "error", (f"case {case.name}: unexpected {type(error).__name__}: "
@@ -237,18 +263,29 @@ def _init_worker(threads: int) -> None:
 
 
 def _claim_folder(out_dir: Path, config: PreprocessConfig, convention: Convention,
-                  overwrite: bool) -> None:
+                  overwrite: bool, cases: Sequence[str]) -> list[str]:
     """Record the settings in `out_dir`, refusing a folder written with others (unless
-    `overwrite`): a folder never mixes settings."""
+    `overwrite`): a folder never mixes settings. Returns the cases an overwrite (this one, or an
+    earlier one that did not finish with the same settings) has to redo; they are recorded
+    before any is redone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config, convention)
-    previous = read_settings(out_dir)
+    previous = _read_record(out_dir)
+    pending = previous.pop(PENDING, []) if previous is not None else []
     if previous is not None and "convention" not in previous:  # unet3d 0.2: labels only
         previous["convention"] = recorded(None, previous.get("labels")).name
     if previous is not None and previous != settings and not overwrite:
-        raise InputError(f"{out_dir} was preprocessed with other settings ({previous}); pass "
-                         "--overwrite to redo every case with the new ones, or use another folder")
-    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
+        unfinished = (f"; an --overwrite with those settings did not finish ({len(pending)} "
+                      "case(s) still hold older ones)") if pending else ""
+        raise InputError(f"{out_dir} was preprocessed with other settings ({previous}){unfinished}; "
+                         "pass --overwrite to redo every case with the new ones, or use another "
+                         "folder")
+    existing = [name for name in cases if (out_dir / name).is_dir()]
+    pending = sorted(set(existing) if overwrite else set(pending) & set(cases))
+    for name in cases:
+        remove_stale_temporaries(out_dir / name)
+    _write_record(out_dir, settings, pending)
+    return pending
 
 
 def _run_cases(todo: list[Case], out_dir: Path, config: PreprocessConfig, workers: int,
@@ -303,11 +340,15 @@ def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
     progress(f"{len(cases)} case(s) of {found.name} ({found.description}) in {brats_dir}"
              + ("" if convention else " (detected; --convention overrides it)"))
     out_dir = Path(out_dir)
-    _claim_folder(out_dir, config, found, overwrite)
+    pending = set(_claim_folder(out_dir, config, found, overwrite, [c.name for c in cases]))
+    if pending and not overwrite:
+        progress(f"an earlier --overwrite of {out_dir} did not finish: redoing its "
+                 f"{len(pending)} remaining case(s)")
+    settings = _settings(config, found)
     report = PreprocessReport(convention=found.name)
     todo = []
     for case in cases:
-        if not overwrite and is_preprocessed(case, out_dir, config.modalities):
+        if case.name not in pending and is_preprocessed(case, out_dir, config.modalities):
             report.skipped.append(case.name)
         else:
             todo.append(case)
@@ -319,6 +360,9 @@ def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
         count = f"[{len(report.done) + len(report.failed) + len(report.skipped) + 1}/{len(cases)}]"
         if status == "ok":
             report.done.append(case.name)
+            if case.name in pending:
+                pending.discard(case.name)
+                _write_record(out_dir, settings, pending)
             progress(f"{count} {case.name}: done in {seconds:.1f} s ({message})")
         else:
             report.failed[case.name] = message

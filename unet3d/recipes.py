@@ -17,7 +17,8 @@ import keras
 
 from unet3d.augment import AugmentConfig
 from unet3d.brats import MODALITIES
-from unet3d.config import LOSSES, MODELS, PredictConfig, TrainConfig, to_plain
+from unet3d.config import (LOSSES, MODELS, PredictConfig, TrainConfig, check_intervals,
+                           to_plain)
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import is_chief, make_strategy, set_precision
@@ -41,6 +42,7 @@ from unet3d.validation import CaseValidation, validated, write_validation
 def check_config(config: TrainConfig) -> None:
     """Stop bad settings before anything is built, with what to change. (The patch against the
     network's size divisors: `check_divisors`.)"""
+    check_intervals(config)
     if config.loss not in LOSSES:
         raise InputError(f"unknown loss {config.loss!r}: choose one of {', '.join(LOSSES)}")
     if config.model not in MODELS:
@@ -52,8 +54,6 @@ def check_config(config: TrainConfig) -> None:
     if config.patch_shape is None and config.image_shape is None and config.batch_size > 1:
         raise InputError("whole native-resolution cases differ in shape: give --patch_shape or "
                          "--image_shape, or use --batch_size 1")
-    if config.batch_size < 1 or config.n_epochs < 1:
-        raise InputError("--batch_size and --n_epochs must be at least 1")
     if config.model_file is not None and Path(config.model_file).suffix != ".keras":
         raise InputError(f"--model_file {config.model_file}: models are saved as .keras files "
                          "(with their model card inside)")
@@ -61,9 +61,6 @@ def check_config(config: TrainConfig) -> None:
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
     if config.convention is not None:
         as_convention(config.convention)
-    if config.validation_every < 1 or config.validation_cases < 1:
-        raise InputError(f"--validation_every {config.validation_every}, --validation_cases "
-                         f"{config.validation_cases}: at least 1")
     watched = (config.lr_schedule == "plateau") or bool(config.early_stopping_patience)
     if watched and config.validation_every > 1 and config.validation == "cases":
         raise InputError("the plateau schedule and early stopping watch the validation score "

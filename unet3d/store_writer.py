@@ -11,7 +11,9 @@ Layout (root attribute `format` = "unet3d-store-1"):
 | `/subject_ids`| Array bytes (utf-8) | (N,)                   | when ids were given                   |
 | `/cases`      | Table               | N rows                 | crop box and original grid per case   |
 
-Writes are atomic: the file appears at its name only when `StoreWriter.commit()` finished it.
+Writes are atomic: the file appears at its name only when `StoreWriter.commit()` finished it
+and read it back (every case row, the last case's voxels); a write the disk refused is an
+`OutputError` naming the file, and nothing is published.
 """
 
 from __future__ import annotations
@@ -20,17 +22,21 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import errno
+
 import numpy as np
 import tables
 
-from unet3d.io import publish, temporary_path
+from unet3d.errors import OutputError
+from unet3d.io import publish, temporary_path, write_failure
 from unet3d.model_space import CaseInfo, stored_grid
 
 FORMAT = "unet3d-store-1"
 #: Edge of the cubic chunks of `/data` and `/truth`: a random 128^3 patch touches at most 5^3.
 CHUNK_EDGE = 32
-#: Codec of the store: Blosc with LZ4 and byte shuffle (bench/store.py compares the others).
-FILTERS = tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True)
+#: Codec of the store: Blosc with LZ4 and byte shuffle (bench/store.py compares the others), and
+#: a Fletcher-32 checksum of every chunk, so a corrupt chunk is a read error, never wrong voxels.
+FILTERS = tables.Filters(complevel=5, complib="blosc:lz4", shuffle=True, fletcher32=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,27 +114,60 @@ class StoreWriter:
                                  "normalised to [0, 1]")
             image = np.rint(image / self.scale)
         slab[(0, *region)] = image
-        self._data.append(slab)
-        if self._truth is not None:
-            if truth is None:
-                raise ValueError(f"case {info.subject_id}: this store holds labels, none given")
-            labels = np.zeros((1, *self.spatial_shape), dtype=np.uint8)
-            labels[(0, *region)] = truth
-            self._truth.append(labels)
+        if self._truth is not None and truth is None:
+            raise ValueError(f"case {info.subject_id}: this store holds labels, none given")
         geometry = info.original
-        self._affine.append(stored_grid(info).affine[np.newaxis])
-        self._cases.append([(info.subject_id.encode("utf-8"), shape, info.crop_start,
-                             info.crop_stop, geometry.shape, geometry.spacing, geometry.origin,
-                             geometry.direction)])
+        try:
+            self._data.append(slab)
+            if self._truth is not None:
+                labels = np.zeros((1, *self.spatial_shape), dtype=np.uint8)
+                labels[(0, *region)] = truth
+                self._truth.append(labels)
+            self._affine.append(stored_grid(info).affine[np.newaxis])
+            self._cases.append([(info.subject_id.encode("utf-8"), shape, info.crop_start,
+                                 info.crop_stop, geometry.shape, geometry.spacing,
+                                 geometry.origin, geometry.direction)])
+        except OSError as error:
+            raise write_failure(self.out_file, error) from error
+        except tables.HDF5ExtError as error:
+            raise self._failure(error) from None
 
     def commit(self, subject_ids: Sequence[str] | None = None) -> Path:
-        """Finish the file and move it to `out_file` (replacing any file there)."""
-        if subject_ids is not None:
-            self._file.create_array(self._file.root, "subject_ids",
-                                    obj=[s.encode("utf-8") for s in subject_ids])
-        self._file.close()
-        publish(self._tmp, self.out_file)
+        """Finish the file, read it back (`_check_written`) and move it to `out_file` (replacing
+        any file there). Raises `OutputError` when it could not be written whole."""
+        n_cases = self._data.nrows
+        try:
+            if subject_ids is not None:
+                self._file.create_array(self._file.root, "subject_ids",
+                                        obj=[s.encode("utf-8") for s in subject_ids])
+            self._file.close()
+            publish(self._tmp, self.out_file, lambda tmp: self._check_written(tmp, n_cases))
+        except OSError as error:
+            raise write_failure(self.out_file, error) from error
+        except tables.HDF5ExtError as error:
+            raise self._failure(error) from None
         return self.out_file
+
+    def _failure(self, error: Exception) -> OutputError:
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        return OutputError(errno.EIO, f"{self.out_file}: could not be written ({detail}); the "
+                           "disk is probably full (nothing was published under this name): free "
+                           "some space and run the command again")
+
+    def _check_written(self, tmp: Path, n_cases: int) -> None:
+        """Open the finished file and read every case row and the last case's voxels back."""
+        try:
+            with tables.open_file(str(tmp), "r") as written:
+                root = written.root
+                if root.data.nrows != n_cases or root.cases.nrows != n_cases:
+                    raise tables.HDF5ExtError(f"{root.data.nrows} of {n_cases} cases found")
+                root.cases.read()
+                if n_cases:
+                    root.data[n_cases - 1]
+                    if self._truth is not None:
+                        root.truth[n_cases - 1]
+        except (tables.HDF5ExtError, OSError, ValueError) as error:
+            raise self._failure(error) from None
 
     def abort(self) -> None:
         if self._file.isopen:

@@ -7,14 +7,16 @@ with Keras under the package name `unet3d`, so `.keras` files load without `cust
 
 from __future__ import annotations
 
+import errno
 import os
+import zipfile
 from pathlib import Path
 
 import keras
 
 import unet3d.losses  # noqa: F401 (registers the losses with Keras)
 from unet3d import metrics
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
 from unet3d.io import atomic_write
 from unet3d.model.card import ModelCard, embed_card, write_card_copy
 
@@ -63,6 +65,19 @@ def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras
         ) from error
 
 
+def _check_written(tmp: Path, model_file: str | os.PathLike) -> None:
+    """OutputError unless `tmp` is a whole zip archive (every member's checksum read back)."""
+    try:
+        with zipfile.ZipFile(tmp) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError) as error:
+        bad = str(error)
+    if bad is not None:
+        raise OutputError(errno.EIO, f"{model_file}: written incompletely ({bad}); the disk is "
+                          "probably full (nothing was published under this name): free some "
+                          "space and run the command again")
+
+
 def save_model(model: keras.Model, model_file: str | os.PathLike, card: ModelCard | None = None,
                readable_copy: bool = True) -> None:
     """Save `model` to the `.keras` file `model_file` atomically, with `card` inside it.
@@ -74,7 +89,9 @@ def save_model(model: keras.Model, model_file: str | os.PathLike, card: ModelCar
     if card is not None and Path(model_file).suffix != ".keras":
         raise InputError(f"{model_file}: a model card travels inside .keras files only; save the "
                          "model as .keras")
-    with atomic_write(model_file, ".keras") as tmp:
+    check = ((lambda tmp: _check_written(tmp, model_file))
+             if Path(model_file).suffix == ".keras" else None)
+    with atomic_write(model_file, ".keras", check) as tmp:
         model.save(tmp)
         if card is not None:
             embed_card(tmp, card)
