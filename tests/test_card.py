@@ -168,7 +168,7 @@ def test_the_card_decides_the_bias_correction_of_raw_inputs(tmp_path, synthetic_
         > 1e-3
 
 
-def test_a_case_of_another_spacing_is_flagged(tmp_path, synthetic_brats):
+def test_a_case_of_another_spacing_is_predicted_at_the_cards(tmp_path, synthetic_brats):
     model_file = write_model(tmp_path, channel_model(), spacing=(1.0, 1.0, 3.0))
     cases = tmp_path / "cases"
     case = find_cases(synthetic_brats)[0]
@@ -176,8 +176,10 @@ def test_a_case_of_another_spacing_is_flagged(tmp_path, synthetic_brats):
     lines = []
     predict_cases(model_file, cases, tmp_path / "out", PredictConfig(bias_correction=False),
                   progress=lines.append)
-    assert any("voxel spacing (1.0, 1.0, 1.0) mm, the model was trained on (1.0, 1.0, 3.0)"
-               in line for line in lines)
+    assert any("predicted at 1x1x3 mm, the model's voxel size, from 1x1x1 mm" in line
+               for line in lines)
+    _, grid = read_nifti(tmp_path / "out" / f"{case.name}.nii.gz")
+    assert grid.same_grid(read_nifti(case.label)[1])
 
 
 # --------------------------------------------------------------------------- the file format

@@ -168,3 +168,81 @@ def test_a_model_of_a_fixed_input_size_predicts_in_windows_of_that_size(tmp_path
     with pytest.raises(InputError, match="not the model card's patch"):
         load_for_prediction(wrong)
 
+
+
+def z_dilating_model() -> "keras.Model":
+    """Output k = input channel k dilated by 4 voxels along z (a 1x1x9 max filter): what it
+    predicts depends on the voxel size, as a network's receptive field does."""
+    import keras
+    inputs = keras.Input((None, None, None, 4))
+    pooled = keras.layers.MaxPooling3D((1, 1, 9), strides=1, padding="same")(inputs)
+    first_three = channel_model()  # channel k of 4 -> output k of 3
+    return keras.Model(inputs, first_three(pooled))
+
+
+def resampled_case(case, out, spacing, direction=None):
+    """A copy of `case` resampled to `spacing` (linear for images, nearest for the labels),
+    optionally with another direction (the same voxels, an oblique grid)."""
+    import SimpleITK as sitk
+    out.mkdir(parents=True)
+    for path in [*case.images.values(), case.label]:
+        image = sitk.ReadImage(str(path))
+        size = [int(round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(),
+                                                        spacing)]
+        labels = path == case.label
+        image = sitk.Resample(image, size, sitk.Transform(), sitk.sitkNearestNeighbor if labels
+                              else sitk.sitkLinear, image.GetOrigin(), spacing,
+                              image.GetDirection(), 0.0, image.GetPixelID())
+        if direction is not None:
+            image.SetDirection(direction)
+        sitk.WriteImage(image, str(out / path.name))
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def test_cases_not_at_the_models_voxel_size_are_predicted_at_it(synthetic_brats, tmp_path):
+    """A model trained at 1 mm predicts a 1 x 1 x 3 mm copy of a case on the copy's own grid
+    and agrees with its 1 mm prediction; used at 3 mm (no spacing recorded) it does not. An
+    oblique copy (same voxels, rotated axes) is predicted as the straight one (but for rounding
+    in under 0.1 % of the voxels) on its own grid."""
+    import SimpleITK as sitk
+    case = find_cases(synthetic_brats)[0]
+    raw = tmp_path / "raw"
+    shutil.copytree(case.directory, raw / case.name)
+    resampled_case(case, tmp_path / "thick" / case.name, (1.0, 1.0, 3.0))
+    config = PredictConfig(bias_correction=False)
+    at_1mm = write_model(tmp_path / "m1", z_dilating_model(), spacing=(1.0, 1.0, 1.0))
+    unknown = write_model(tmp_path / "m0", z_dilating_model(), spacing=None)
+    lines = []
+    predict_cases(at_1mm, raw, tmp_path / "p1", config, progress=lambda line: None)
+    predict_cases(at_1mm, tmp_path / "thick", tmp_path / "p3", config, progress=lines.append)
+    predict_cases(unknown, tmp_path / "thick", tmp_path / "p3raw", config,
+                  progress=lambda line: None)
+    assert any("predicted at 1x1x1 mm, the model's voxel size, from 1x1x3 mm" in line
+               for line in lines)
+    thick, thick_grid = read_nifti(tmp_path / "thick" / case.name / case.label.name)
+    resampled, grid = read_nifti(tmp_path / "p3" / f"{case.name}.nii.gz")
+    assert grid.same_grid(thick_grid) and resampled.shape == thick.shape
+    # The 1 mm prediction brought to the thick grid (nearest neighbour) is the reference.
+    reference = sitk.GetArrayFromImage(sitk.Resample(
+        sitk.ReadImage(str(tmp_path / "p1" / f"{case.name}.nii.gz")),
+        sitk.ReadImage(str(tmp_path / "p3" / f"{case.name}.nii.gz")), sitk.Transform(),
+        sitk.sitkNearestNeighbor)).transpose(2, 1, 0)
+    as_is, _ = read_nifti(tmp_path / "p3raw" / f"{case.name}.nii.gz")
+    whole = lambda labels: labels > 0  # noqa: E731
+    agree, unresampled = dice(whole(resampled), whole(reference)), dice(whole(as_is),
+                                                                       whole(reference))
+    assert agree > 0.9 and agree > unresampled + 0.05, (agree, unresampled)
+
+    # Oblique: the thick case with rotated axes lands on its own (rotated) grid, same voxels.
+    angle = np.deg2rad(20)
+    rotation = (np.cos(angle), -np.sin(angle), 0.0, np.sin(angle), np.cos(angle), 0.0, 0, 0, 1.0)
+    resampled_case(case, tmp_path / "oblique" / case.name, (1.0, 1.0, 3.0), rotation)
+    predict_cases(at_1mm, tmp_path / "oblique", tmp_path / "po", config,
+                  progress=lambda line: None)
+    oblique, oblique_grid = read_nifti(tmp_path / "po" / f"{case.name}.nii.gz")
+    assert oblique_grid.same_grid(read_nifti(tmp_path / "oblique" / case.name
+                                             / case.label.name)[1])
+    assert np.mean(oblique != resampled) < 1e-3, np.mean(oblique != resampled)

@@ -127,6 +127,22 @@ def normalize_modality(image: np.ndarray, mask: np.ndarray, clip: float = CLIP) 
     return out.astype(np.float32)
 
 
+#: Relative difference of voxel spacing (per axis) below which a case is used at its own spacing.
+SPACING_TOLERANCE = 0.01
+
+
+def spacing_grid(geometry: Geometry, spacing: Sequence[float] | None) -> Geometry:
+    """The grid on which a case of `geometry` meets a model trained at voxel size `spacing`
+    (mm): `geometry` itself when `spacing` is None or within `SPACING_TOLERANCE` of its own,
+    else the grid covering the same field of view edge to edge (same origin corner and
+    direction) with the number of voxels per axis nearest to that spacing."""
+    if spacing is None or np.allclose(geometry.spacing, spacing, rtol=SPACING_TOLERANCE, atol=0):
+        return geometry
+    extent = np.asarray(geometry.shape) * np.asarray(geometry.spacing)
+    shape = np.maximum(np.rint(extent / np.asarray(spacing)), 1).astype(int)
+    return resampled_grid(geometry, np.zeros(3, dtype=int), np.asarray(geometry.shape), shape)
+
+
 def resampled_grid(geometry: Geometry, start: np.ndarray, stop: np.ndarray,
                    image_shape: Sequence[int]) -> Geometry:
     """The grid of `image_shape` voxels covering the box [start, stop) of `geometry` edge to edge."""

@@ -38,7 +38,8 @@ from unet3d.conventions import (CONVENTIONS, Convention, ConventionLike, as_conv
 from unet3d.logs import get_logger
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import card_path
-from unet3d.model_space import ModelSpace, to_model_space, to_native_space
+from unet3d.model_space import (ModelSpace, resample, spacing_grid, to_model_space,
+                                to_native_space)
 from unet3d.postprocessing import (probabilities_to_labels, remove_small_enhancing,
                                    without_postoperative)
 from unet3d.preprocessing import PreprocessConfig, correct_case, read_preprocess_config
@@ -275,25 +276,32 @@ def input_preprocessing(card: ModelCard, config: PredictConfig, input_dir: str |
     return dataclasses.replace(n4, modalities=card.modalities), folder_convention
 
 
-def _spacing_note(card: ModelCard, geometry: Geometry) -> str:
-    if card.spacing is None or np.allclose(geometry.spacing, card.spacing, rtol=0.01):
-        return ""
-    return (f" (warning: voxel spacing {tuple(round(s, 3) for s in geometry.spacing)} mm, the "
-            f"model was trained on {tuple(round(s, 3) for s in card.spacing)} mm: resample the "
-            "case to it first)")
+def _mm(spacing: Sequence[float]) -> str:
+    return "x".join(f"{s:.3g}" for s in spacing) + " mm"
 
 
 def _predict_case(model: keras.Model, card: ModelCard, config: PredictConfig, case: Case,
                   n4: PreprocessConfig, out: Path) -> str:
     """Predict one case into `out`; returns the description of the progress line."""
     images, _, geometry = correct_case(dataclasses.replace(case, label=None), n4)
-    image, _, info = to_model_space(list(images.values()), None, geometry, case.name, card.space,
+    # At the model's voxel size (the card's spacing): images resampled linearly to it, the
+    # probabilities back to the case's own grid, where they become labels.
+    grid = spacing_grid(geometry, card.spacing)
+    arrays = [image if grid is geometry else resample(image, geometry, grid)
+              for image in images.values()]
+    image, _, info = to_model_space(arrays, None, grid, case.name, card.space,
                                     names=[case.images[m].name for m in card.modalities])
     probabilities = to_native_space(predict_volume(model, image, config), info)
+    if grid is not geometry:
+        probabilities = np.stack([resample(probabilities[..., k], grid, geometry)
+                                  for k in range(probabilities.shape[-1])], axis=-1)
     session = card.entry.session(case.name)
-    label_map = write_prediction(probabilities, info.original, out, card, config, session)
+    label_map = write_prediction(probabilities, geometry, out, card, config, session)
+    resampled = ("" if grid is geometry else
+                 f" (predicted at {_mm(grid.spacing)}, the model's voxel size, from "
+                 f"{_mm(geometry.spacing)})")
     return (f"{_describe(label_map, output_convention(card, config))}"
-            f"{f' ({session})' if session else ''} -> {out}{_spacing_note(card, geometry)}")
+            f"{f' ({session})' if session else ''} -> {out}{resampled}")
 
 
 def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
