@@ -577,6 +577,21 @@ def test_resumed_run_has_the_uninterrupted_learning_rates(runs):
 
 
 @pytest.mark.slow
+def test_resumed_run_logs_the_uninterrupted_losses(runs):
+    """Same data order, weights, optimizer state and dropout masks: every epoch's loss (and
+    validation scores) of the killed-and-resumed run equal the uninterrupted run's (float32, one
+    replica) to 1e-6, the resumed epochs included."""
+    killed, whole, info = runs
+    resumed_rows, whole_rows = read_log(killed / "training.log"), read_log(whole / "training.log")
+    assert len(resumed_rows) == len(whole_rows) == 4 and info["done_at_kill"] < 4
+    for resumed, uninterrupted in zip(resumed_rows, whole_rows):
+        for key, value in uninterrupted.items():
+            if key not in ("epoch", "learning_rate") and value not in ("", "NA"):
+                assert float(resumed[key]) == pytest.approx(float(value), rel=1e-6), (
+                    resumed["epoch"], key)
+
+
+@pytest.mark.slow
 def test_resumed_run_keeps_the_optimizer_state(runs):
     killed, whole, _ = runs
     for folder in (killed, whole):

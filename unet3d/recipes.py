@@ -294,7 +294,7 @@ def train(config: TrainConfig) -> RunResult:
                                   config.validation_batch_size or config.batch_size),
             config.model_file, config.training_log, config.n_epochs, schedule,
             [validator] * (validator is not None) + _callbacks(config, monitor), strategy,
-            config.verbose, card=card, monitor=monitor, settings=settings)
+            config.verbose, card=card, monitor=monitor, settings=settings, seed=config.seed)
         if chief and validation and not result.stopped_by_nan:
             finish_run(config, store, validation, validator, result)
         return result

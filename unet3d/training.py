@@ -5,9 +5,11 @@
   optimizer state, learning rate) and `state.json` (epochs done, every epoch's logs, the
   callbacks' counters). Both are replaced atomically at the end of each epoch, `state.json` last,
   so a run killed at any moment (SIGKILL included) restarts with the same command from the last
-  completed epoch: same weights, optimizer state, learning rate, epoch counter and data order
-  (datasets draw from (seed, epoch)); the CSV log is rewritten from `state.json`, so no epoch is
-  lost or repeated in it. The best and the last model carry the run's model card.
+  completed epoch: same weights, optimizer state, learning rate, epoch counter, data order
+  (datasets draw from (seed, epoch)) and dropout masks (`EpochSeeds`: Keras does not restore its
+  random-generator states from a saved model, so they are set from (seed, epoch) instead); the
+  CSV log is rewritten from `state.json`, so no epoch is lost or repeated in it. The best and the
+  last model carry the run's model card.
 - The legacy port's `step_decay`, `load_old_model`, and `get_callbacks` and `train_model`
   (`unet3d.legacy.training`, importable from here as in the port).
 - Devices, strategies and precision are in `unet3d.distribution`.
@@ -130,6 +132,24 @@ class EpochSync(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.dataset.epoch = epoch
+
+
+class EpochSeeds(keras.callbacks.Callback):
+    """Sets the state of every random generator of the model (dropout's) from (`seed`, epoch,
+    its position) before each epoch, so the epoch's random draws depend on the seed and the
+    epoch only: a resumed run draws what an uninterrupted one does. (A saved model does not
+    carry these states: loading one gives fresh random ones.)"""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        states = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, state in enumerate(states):
+            start = np.random.default_rng([self.seed, epoch, index]).integers(2 ** 31)
+            state.assign(np.asarray([start, 0], dtype=keras.backend.standardize_dtype(
+                state.dtype)))
 
 
 # Counters of Keras callbacks that a resumed run must get back.
@@ -297,7 +317,7 @@ def run_training(build_model: Callable[[], keras.Model],
                  callbacks: Sequence[keras.callbacks.Callback] = (), strategy=None,
                  verbose: int | str = "auto", card: ModelCard | None = None,
                  monitor: tuple[str, str] | None = None,
-                 settings: dict | None = None) -> RunResult:
+                 settings: dict | None = None, seed: int = 0) -> RunResult:
     """Train (or resume) a run; returns the whole run's per-epoch logs.
 
     Args:
@@ -318,6 +338,7 @@ def run_training(build_model: Callable[[], keras.Model],
         monitor: (log, "min" or "max") choosing the best model; default val_loss (loss without
             validation data), lower is better.
         settings: the run's settings, kept in its state.
+        seed: seeds the model's random generators (dropout) each epoch (`EpochSeeds`).
     """
     model_file = Path(model_file)
     run_dir = checkpoint_dir(model_file)
@@ -346,8 +367,8 @@ def run_training(build_model: Callable[[], keras.Model],
         checkpoint.monitor = "val_loss"
     prepare_model(model, strategy, training_data[0])
     nan_guard = NaNGuard()
-    all_callbacks = [EpochSync(training_data), nan_guard, *callbacks, EpochLog(n_epochs),
-                     checkpoint]
+    all_callbacks = [EpochSync(training_data), EpochSeeds(seed), nan_guard, *callbacks,
+                     EpochLog(n_epochs), checkpoint]
     if schedule is not None:
         all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
     if verbose == "auto":
