@@ -30,6 +30,7 @@ def published(folder):
 
 # --------------------------------------------------------------------------- full disk
 
+@pytest.mark.slow
 def test_a_full_disk_fails_every_case_publishes_nothing_and_the_rerun_redoes_them(
         synthetic_brats, tmp_path):
     out = tmp_path / "pre"
@@ -217,9 +218,31 @@ def test_impossible_training_numbers_are_refused(field, value, interval):
         check_config(replace(TrainConfig(), **{field: value}))
 
 
+@pytest.mark.slow
 def test_bad_flags_exit_2(tmp_path):
     result = run_script("train_isensee2017.py", "--steps_per_epoch=0",
                         f"--data_file={tmp_path / 'none.h5'}", f"--run_dir={tmp_path / 'run'}")
     assert result.returncode == 2 and "--steps_per_epoch 0: must be in [1, inf)" in result.stderr
     result = run_script("evaluate.py", "--no_such_flag")
     assert result.returncode == 2 and "no_such_flag" in result.stderr
+
+
+# --------------------------------------------------------------------------- memory
+
+# docs/memory.md, float32 rows: (patch edge, batch, measured peak RSS in GB).
+MEASURED_PEAKS = [(64, 1, 1.6), (64, 2, 2.2), (96, 1, 2.9), (96, 2, 4.6), (128, 1, 5.4),
+                  (128, 2, 9.8)]
+
+
+def test_the_memory_estimate_follows_the_measured_table_and_refuses_what_cannot_fit():
+    from unet3d.distribution import check_memory, training_memory_gb
+    for edge, batch, peak in MEASURED_PEAKS:
+        assert training_memory_gb((edge,) * 3, batch, 16) == pytest.approx(peak, rel=0.2)
+    check_memory((128, 128, 128), 2, 16, available_gb=12.0)  # fits: no error
+    # 128^3 x 2 is 4.19 million voxels x batch: 1.3 + 2.05 x 4.19 = 9.9 GB; with 8 GB the
+    # largest cubic patch that fits is 112^3 (2.81 million: 1.3 + 2.05 x 2.81 = 7.1 GB).
+    with pytest.raises(InputError, match=r"needs about 9\.9 GB .* 8\.0 GB are available: "
+                                         r"--patch_shape 112,112,112 fits"):
+        check_memory((128, 128, 128), 2, 16, available_gb=8.0)
+    with pytest.raises(InputError, match="not even the smallest patch fits"):
+        check_memory((128, 128, 128), 2, 16, available_gb=1.0)

@@ -6,6 +6,8 @@
   splits).
 - `set_precision`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs with bfloat16 units, float32
   otherwise; model outputs and losses stay float32.
+- `check_memory`: refuses a CPU training patch and batch that cannot fit the machine's memory
+  (the estimate of docs/memory.md's measured table), naming the patch that fits.
 - The workaround for keras-team/keras#20585 (multi-worker `fit`), which patches private Keras
   functions: applied only on the Keras versions it was tested on (`TESTED_KERAS`, setup.py's
   bounds) whose private functions have the signatures it was written for (`PATCHED_FUNCTIONS`);
@@ -21,6 +23,7 @@ import os
 from pathlib import Path
 
 import keras
+import numpy as np
 from packaging.version import Version
 
 from unet3d.config import PRECISIONS, STRATEGIES
@@ -96,14 +99,71 @@ def cpu_has_bfloat16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def has_gpu() -> bool:
+    """Whether the backend sees a GPU."""
+    tf = _tensorflow()
+    return (bool(tf.config.list_physical_devices("GPU")) if tf is not None
+            else any(d.platform == "gpu" for d in _jax_devices()))
+
+
+#: Memory of training the Isensee network on a CPU in float32 (docs/memory.md, measured with
+#: bench/memory.py): the framework and weights, and the training step's fixed part and its part
+#: per patch voxel x batch x base filter (GB).
+FRAMEWORK_GB = 0.9
+STEP_FIXED_GB = 0.4
+STEP_GB_PER_VOXEL_FILTER = 2.05e-6 / 16
+
+
+def training_memory_gb(patch_shape: tuple[int, int, int], batch_size: int,
+                       n_base_filters: int) -> float:
+    """Estimated peak memory (GB) of CPU training in float32 (the measured table's fit; mixed
+    bfloat16 needs 10-25 % less)."""
+    voxels = float(np.prod(patch_shape)) * batch_size * n_base_filters
+    return FRAMEWORK_GB + STEP_FIXED_GB + STEP_GB_PER_VOXEL_FILTER * voxels
+
+
+def available_memory_gb() -> float | None:
+    """Memory the machine can still give (GB, Linux's MemAvailable); None when unknown."""
+    try:
+        with open("/proc/meminfo") as stream:
+            for line in stream:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024 ** 2
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(patch_shape: tuple[int, int, int] | None, batch_size: int,
+                 n_base_filters: int, available_gb: float | None = None, divisor: int = 16
+                 ) -> None:
+    """InputError when CPU training of this patch and batch cannot fit the machine's available
+    memory (`training_memory_gb` against `available_gb`, default `available_memory_gb`), naming
+    the largest cubic patch (a multiple of `divisor`) and the batch that fit; a message instead
+    of the kernel killing the process. Whole images (`patch_shape` None) are not estimated."""
+    available = available_memory_gb() if available_gb is None else available_gb
+    if patch_shape is None or available is None:
+        return
+    need = training_memory_gb(patch_shape, batch_size, n_base_filters)
+    if need <= available:
+        return
+    fits = [edge for edge in range(divisor, max(patch_shape) + 1, divisor)
+            if training_memory_gb((edge,) * 3, batch_size, n_base_filters) <= available]
+    suggestion = (f"--patch_shape {fits[-1]},{fits[-1]},{fits[-1]} fits with this batch"
+                  if fits else "not even the smallest patch fits with this batch: lower "
+                  "--batch_size or --n_base_filters")
+    raise InputError(
+        f"--patch_shape {','.join(map(str, patch_shape))} with --batch_size {batch_size} and "
+        f"--n_base_filters {n_base_filters} needs about {need:.1f} GB to train on this CPU "
+        f"(docs/memory.md), but {available:.1f} GB are available: {suggestion} (or use a "
+        "smaller batch, or a machine with more memory)")
+
+
 def set_precision(precision: str = "auto") -> str:
     """Set Keras' global dtype policy; returns the policy name. "auto": mixed_float16 with a
     GPU, mixed_bfloat16 on a CPU with bfloat16 units, float32 otherwise."""
     if precision == "auto":
-        tf = _tensorflow()
-        has_gpu = (bool(tf.config.list_physical_devices("GPU")) if tf is not None
-                   else any(d.platform == "gpu" for d in _jax_devices()))
-        precision = ("mixed_float16" if has_gpu else
+        precision = ("mixed_float16" if has_gpu() else
                      "mixed_bfloat16" if cpu_has_bfloat16() else "float32")
     if precision not in PRECISIONS or precision == "auto":
         raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")

@@ -21,7 +21,7 @@ from unet3d.config import (LOSSES, MODELS, PredictConfig, TrainConfig, check_int
                            to_plain)
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
-from unet3d.distribution import is_chief, make_strategy, set_precision
+from unet3d.distribution import check_memory, has_gpu, is_chief, make_strategy, set_precision
 from unet3d.errors import InputError
 from unet3d.evaluation import format_summary
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
@@ -258,6 +258,8 @@ def train(config: TrainConfig) -> RunResult:
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     _check_replicas(config, replicas)
     check_divisors(config)  # before the store is built: nothing is written for a bad patch
+    if not has_gpu():  # GPU memory is not estimated yet (docs/memory.md)
+        check_memory(config.patch_shape, config.batch_size, config.n_base_filters)
     chief = is_chief()
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
