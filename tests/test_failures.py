@@ -216,6 +216,9 @@ def test_impossible_training_numbers_are_refused(field, value, interval):
     from unet3d.recipes import check_config
     with pytest.raises(InputError, match=f"--{field} .*: must be in {re.escape(interval)}"):
         check_config(replace(TrainConfig(), **{field: value}))
+    # Numbers of numpy are numbers too (the Python API).
+    check_config(replace(TrainConfig(), patch_shape=tuple(np.array([64, 64, 64])),
+                         initial_learning_rate=np.float32(1e-3)))
 
 
 @pytest.mark.slow
@@ -229,20 +232,25 @@ def test_bad_flags_exit_2(tmp_path):
 
 # --------------------------------------------------------------------------- memory
 
-# docs/memory.md, float32 rows: (patch edge, batch, measured peak RSS in GB).
-MEASURED_PEAKS = [(64, 1, 1.6), (64, 2, 2.2), (96, 1, 2.9), (96, 2, 4.6), (128, 1, 5.4),
-                  (128, 2, 9.8)]
+# docs/memory.md: (precision, patch edge, batch, measured GB the training step needs).
+MEASURED_STEPS = [("float32", 64, 1, 0.9), ("float32", 64, 2, 1.5), ("float32", 96, 1, 2.1),
+                  ("float32", 96, 2, 3.8), ("float32", 128, 1, 4.6), ("float32", 128, 2, 8.9),
+                  ("mixed_bfloat16", 64, 1, 0.8), ("mixed_bfloat16", 64, 2, 1.2),
+                  ("mixed_bfloat16", 96, 1, 1.9), ("mixed_bfloat16", 96, 2, 3.3),
+                  ("mixed_bfloat16", 128, 1, 3.8), ("mixed_bfloat16", 128, 2, 6.9)]
 
 
 def test_the_memory_estimate_follows_the_measured_table_and_refuses_what_cannot_fit():
-    from unet3d.distribution import check_memory, training_memory_gb
-    for edge, batch, peak in MEASURED_PEAKS:
-        assert training_memory_gb((edge,) * 3, batch, 16) == pytest.approx(peak, rel=0.2)
-    check_memory((128, 128, 128), 2, 16, available_gb=12.0)  # fits: no error
-    # 128^3 x 2 is 4.19 million voxels x batch: 1.3 + 2.05 x 4.19 = 9.9 GB; with 8 GB the
-    # largest cubic patch that fits is 112^3 (2.81 million: 1.3 + 2.05 x 2.81 = 7.1 GB).
-    with pytest.raises(InputError, match=r"needs about 9\.9 GB .* 8\.0 GB are available: "
+    from unet3d.distribution import check_memory, step_memory_gb
+    for precision, edge, batch, measured in MEASURED_STEPS:
+        assert step_memory_gb((edge,) * 3, batch, 16, precision) == pytest.approx(
+            measured, rel=0.1), (precision, edge, batch)
+    check_memory((128, 128, 128), 2, 16, available_gb=10.0)  # fits: no error
+    # 128^3 x 2 is 4.19 million voxels x batch: 0.4 + 2.05 x 4.19 = 9.0 GB; with 8 GB the
+    # largest cubic patch that fits is 112^3 (2.81 million: 0.4 + 2.05 x 2.81 = 6.2 GB).
+    with pytest.raises(InputError, match=r"needs about 9\.0 GB .* 8\.0 GB are available: "
                                          r"--patch_shape 112,112,112 fits"):
         check_memory((128, 128, 128), 2, 16, available_gb=8.0)
+    check_memory((128, 128, 128), 2, 16, "mixed_bfloat16", available_gb=8.0)  # 7.2 GB fits
     with pytest.raises(InputError, match="not even the smallest patch fits"):
-        check_memory((128, 128, 128), 2, 16, available_gb=1.0)
+        check_memory((128, 128, 128), 2, 16, available_gb=0.3)

@@ -16,6 +16,7 @@ This module imports nothing heavy, so any module may read its defaults.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import re
 import types
 import typing
@@ -78,10 +79,10 @@ def check_intervals(config: Any) -> None:
         interval, value = item.metadata.get("interval"), getattr(config, item.name)
         if interval is None or value is None:
             continue
-        numbers = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(n, bool) or not isinstance(n, (int, float)) or not _inside(n, interval)
-               for n in numbers):
-            shown = ",".join(map(str, numbers))
+        values = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(n, bool) or not isinstance(n, numbers.Real)
+               or not _inside(float(n), interval) for n in values):
+            shown = ",".join(map(str, values))
             raise InputError(f"--{item.name} {shown}: must be in {interval}")
 
 

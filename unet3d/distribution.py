@@ -106,20 +106,21 @@ def has_gpu() -> bool:
             else any(d.platform == "gpu" for d in _jax_devices()))
 
 
-#: Memory of training the Isensee network on a CPU in float32 (docs/memory.md, measured with
-#: bench/memory.py): the framework and weights, and the training step's fixed part and its part
-#: per patch voxel x batch x base filter (GB).
-FRAMEWORK_GB = 0.9
+#: Memory of a training step of the Isensee network on a CPU (docs/memory.md, measured with
+#: bench/memory.py, float32): a fixed part and a part per patch voxel x batch x base filter (GB);
+#: the mixed precisions need about 0.8 of it.
 STEP_FIXED_GB = 0.4
 STEP_GB_PER_VOXEL_FILTER = 2.05e-6 / 16
+MIXED_PRECISION_FACTOR = 0.8
 
 
-def training_memory_gb(patch_shape: tuple[int, int, int], batch_size: int,
-                       n_base_filters: int) -> float:
-    """Estimated peak memory (GB) of CPU training in float32 (the measured table's fit; mixed
-    bfloat16 needs 10-25 % less)."""
+def step_memory_gb(patch_shape: tuple[int, int, int], batch_size: int, n_base_filters: int,
+                   precision: str = "float32") -> float:
+    """Estimated memory (GB) a CPU training step adds to the process (the fit of the measured
+    table: within 10 % of each of its rows)."""
     voxels = float(np.prod(patch_shape)) * batch_size * n_base_filters
-    return FRAMEWORK_GB + STEP_FIXED_GB + STEP_GB_PER_VOXEL_FILTER * voxels
+    factor = MIXED_PRECISION_FACTOR if precision.startswith("mixed") else 1.0
+    return factor * (STEP_FIXED_GB + STEP_GB_PER_VOXEL_FILTER * voxels)
 
 
 def available_memory_gb() -> float | None:
@@ -135,28 +136,29 @@ def available_memory_gb() -> float | None:
 
 
 def check_memory(patch_shape: tuple[int, int, int] | None, batch_size: int,
-                 n_base_filters: int, available_gb: float | None = None, divisor: int = 16
-                 ) -> None:
-    """InputError when CPU training of this patch and batch cannot fit the machine's available
-    memory (`training_memory_gb` against `available_gb`, default `available_memory_gb`), naming
-    the largest cubic patch (a multiple of `divisor`) and the batch that fit; a message instead
-    of the kernel killing the process. Whole images (`patch_shape` None) are not estimated."""
+                 n_base_filters: int, precision: str = "float32",
+                 available_gb: float | None = None, divisor: int = 16) -> None:
+    """InputError when the CPU training step of this patch and (this machine's) batch cannot
+    fit the memory the machine still has (`step_memory_gb` against `available_gb`, default
+    `available_memory_gb`: the framework is loaded by then), naming the largest cubic patch (a
+    multiple of `divisor`) that fits; a message instead of the kernel killing the process.
+    Whole images (`patch_shape` None) are not estimated."""
     available = available_memory_gb() if available_gb is None else available_gb
     if patch_shape is None or available is None:
         return
-    need = training_memory_gb(patch_shape, batch_size, n_base_filters)
+    need = step_memory_gb(patch_shape, batch_size, n_base_filters, precision)
     if need <= available:
         return
     fits = [edge for edge in range(divisor, max(patch_shape) + 1, divisor)
-            if training_memory_gb((edge,) * 3, batch_size, n_base_filters) <= available]
+            if step_memory_gb((edge,) * 3, batch_size, n_base_filters, precision) <= available]
     suggestion = (f"--patch_shape {fits[-1]},{fits[-1]},{fits[-1]} fits with this batch"
                   if fits else "not even the smallest patch fits with this batch: lower "
                   "--batch_size or --n_base_filters")
     raise InputError(
-        f"--patch_shape {','.join(map(str, patch_shape))} with --batch_size {batch_size} and "
-        f"--n_base_filters {n_base_filters} needs about {need:.1f} GB to train on this CPU "
-        f"(docs/memory.md), but {available:.1f} GB are available: {suggestion} (or use a "
-        "smaller batch, or a machine with more memory)")
+        f"--patch_shape {','.join(map(str, patch_shape))} with a batch of {batch_size} on this "
+        f"machine, --n_base_filters {n_base_filters} and {precision} needs about {need:.1f} GB "
+        f"for a training step on this CPU (docs/memory.md), but {available:.1f} GB are "
+        f"available: {suggestion} (or use a smaller batch, or a machine with more memory)")
 
 
 def set_precision(precision: str = "auto") -> str:

@@ -158,6 +158,11 @@ def nifti_shape(path: str | os.PathLike) -> tuple[int, int, int]:
     return tuple(int(n) for n in reader.GetSize())
 
 
+# Bytes per voxel of the NIfTI data types (uint8 ... complex256, rgb, rgba).
+_VOXEL_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8,
+                1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4}
+
+
 @dataclass(frozen=True)
 class _Header:
     endian: str
@@ -168,8 +173,9 @@ class _Header:
 
     @property
     def size(self) -> int:
-        """Bytes the file holds if complete: the header (and extensions), then the voxels."""
-        return self.offset + self.n_voxels * self.bitpix // 8
+        """Bytes the file holds if complete: the header (and extensions), then the voxels (their
+        size from the data type, as readers take it; `bitpix` for types this table lacks)."""
+        return self.offset + self.n_voxels * _VOXEL_BYTES.get(self.datatype, self.bitpix // 8)
 
 
 def _read_header(stream) -> _Header | None:
@@ -194,6 +200,25 @@ def _read_header(stream) -> _Header | None:
 
 def _open_nifti(path: Path):
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _gzip_data_size(raw) -> tuple[int, str]:
+    """(bytes of data in the gzip members at the start of the binary stream `raw`, what broke
+    them off: "" when they end whole). Bytes after the last member are ignored, as readers
+    ignore them; each member's checksum is verified."""
+    have, buffer = 0, raw.read(1 << 20)
+    while buffer[:2] == b"\x1f\x8b":
+        member = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while not member.eof:
+            if not buffer:
+                return have, "its gzip stream is cut short"
+            try:
+                have += len(member.decompress(buffer))
+            except zlib.error as error:
+                return have, f"its gzip stream is corrupt ({error})"
+            buffer = member.unused_data if member.eof else raw.read(1 << 20)
+        buffer = buffer or raw.read(1 << 20)
+    return have, ""
 
 
 def check_complete(path: str | os.PathLike) -> None:
@@ -230,16 +255,10 @@ def incompleteness(path: str | os.PathLike) -> str:
             if int.from_bytes(raw.read(4), "little") == header.size % 2 ** 32:
                 return ""
             raw.seek(0)
-            have, problem = 0, ""
-            try:
-                with gzip.GzipFile(fileobj=raw) as stream:
-                    while chunk := stream.read(1 << 20):
-                        have += len(chunk)
-            except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-                problem = (f"its gzip stream breaks off ({error}) after about {have} of the "
-                           f"{header.size} bytes its header describes")
-    if not problem and have < header.size:
-        problem = f"{header.size - have} of the {header.size} bytes its header describes are missing"
+            have, problem = _gzip_data_size(raw)
+    if have < header.size:
+        return (f"{problem + ': ' if problem else ''}{header.size - have} of the {header.size} "
+                "bytes its header describes are missing")
     return problem
 
 
@@ -279,14 +298,27 @@ def temporary_path(path: str | os.PathLike, suffix: str = "") -> Path:
     return Path(tmp)
 
 
-def _sync(path: Path) -> None:
-    """Flush a file (or every file of a folder, and the folder) to the disk."""
-    for item in [*sorted(path.rglob("*")), path] if path.is_dir() else [path]:
+def _sync(path: Path, contents: bool = True) -> None:
+    """Flush a file to the disk, or a folder (with `contents`, every file and folder in it
+    first). Folders that the filesystem cannot flush (some network and FUSE mounts refuse fsync
+    on folders) are left."""
+    items = [path]
+    if contents and path.is_dir():
+        items = [item for item in sorted(path.rglob("*")) if item.is_file() or item.is_dir()]
+        items.append(path)
+    for item in items:
         handle = os.open(item, os.O_RDONLY)
         try:
             os.fsync(handle)
+        except OSError as error:
+            if not item.is_dir() or error.errno not in _UNSYNCABLE:
+                raise
         finally:
             os.close(handle)
+
+
+# What filesystems that cannot flush a folder answer.
+_UNSYNCABLE = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES})
 
 
 def publish(tmp: str | os.PathLike, path: str | os.PathLike,
@@ -303,7 +335,7 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike,
     if check is not None:
         check(tmp)
     os.replace(tmp, path)
-    _sync(path.parent)
+    _sync(path.parent, contents=False)
 
 
 def write_failure(path: str | os.PathLike, error: OSError) -> OSError:
@@ -321,7 +353,8 @@ def write_failure(path: str | os.PathLike, error: OSError) -> OSError:
 def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder beside `path` to fill; on success it takes the place of `path`
     (an existing `path` is moved aside first, deleted once the new one is in place, and put back
-    if the rename fails), on any error it is removed and `path` is left as it was."""
+    if the rename fails), on any error it is removed and `path` is left as it was. A full disk,
+    quota or file-size limit becomes an `OutputError` naming `path` (`write_failure`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
@@ -341,6 +374,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
                 raise
         finally:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failure(path, error) from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -265,9 +265,9 @@ def _init_worker(threads: int) -> None:
 def _claim_folder(out_dir: Path, config: PreprocessConfig, convention: Convention,
                   overwrite: bool, cases: Sequence[str]) -> list[str]:
     """Record the settings in `out_dir`, refusing a folder written with others (unless
-    `overwrite`): a folder never mixes settings. Returns the cases an overwrite (this one, or an
-    earlier one that did not finish with the same settings) has to redo; they are recorded
-    before any is redone."""
+    `overwrite`): a folder never mixes settings. Returns the case folders an overwrite (this
+    one, or an earlier one that did not finish with the same settings) has still to redo, the
+    ones of other runs' `cases` included; they are recorded before any is redone."""
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = _settings(config, convention)
     previous = _read_record(out_dir)
@@ -280,8 +280,12 @@ def _claim_folder(out_dir: Path, config: PreprocessConfig, convention: Conventio
         raise InputError(f"{out_dir} was preprocessed with other settings ({previous}){unfinished}; "
                          "pass --overwrite to redo every case with the new ones, or use another "
                          "folder")
-    existing = [name for name in cases if (out_dir / name).is_dir()]
-    pending = sorted(set(existing) if overwrite else set(pending) & set(cases))
+    folders = {path.name for path in out_dir.iterdir()
+               if path.is_dir() and not path.name.startswith(".")}
+    pending = set(pending) & folders
+    if overwrite:  # new settings: every case folder holds old ones; same: this run's are redone
+        pending |= folders if previous != settings else folders & set(cases)
+    pending = sorted(pending)
     for name in cases:
         remove_stale_temporaries(out_dir / name)
     _write_record(out_dir, settings, pending)
@@ -341,9 +345,14 @@ def preprocess_brats(brats_dir: str | os.PathLike, out_dir: str | os.PathLike,
              + ("" if convention else " (detected; --convention overrides it)"))
     out_dir = Path(out_dir)
     pending = set(_claim_folder(out_dir, config, found, overwrite, [c.name for c in cases]))
-    if pending and not overwrite:
+    here = pending & {case.name for case in cases}
+    if here and not overwrite:
         progress(f"an earlier --overwrite of {out_dir} did not finish: redoing its "
-                 f"{len(pending)} remaining case(s)")
+                 f"{len(here)} remaining case(s) here")
+    if pending - here:
+        progress(f"warning: {len(pending - here)} case folder(s) of {out_dir} hold older "
+                 f"settings and are not among these cases (e.g. {sorted(pending - here)[0]}): "
+                 "the folder is not usable until they are redone or removed")
     settings = _settings(config, found)
     report = PreprocessReport(convention=found.name)
     todo = []

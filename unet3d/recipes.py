@@ -259,7 +259,8 @@ def train(config: TrainConfig) -> RunResult:
     _check_replicas(config, replicas)
     check_divisors(config)  # before the store is built: nothing is written for a bad patch
     if not has_gpu():  # GPU memory is not estimated yet (docs/memory.md)
-        check_memory(config.patch_shape, config.batch_size, config.n_base_filters)
+        local_batch = max(1, config.batch_size * config.cpu_replicas // replicas)  # this host's
+        check_memory(config.patch_shape, local_batch, config.n_base_filters, precision)
     chief = is_chief()
     keras.utils.set_random_seed(config.seed)  # initial weights and dropout follow --seed
     store = ensure_store(config, chief)
