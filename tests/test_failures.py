@@ -254,3 +254,24 @@ def test_the_memory_estimate_follows_the_measured_table_and_refuses_what_cannot_
     check_memory((128, 128, 128), 2, 16, "mixed_bfloat16", available_gb=8.0)  # 7.2 GB fits
     with pytest.raises(InputError, match="not even the smallest patch fits"):
         check_memory((128, 128, 128), 2, 16, available_gb=0.3)
+
+
+def test_complete_niftis_of_other_writers_are_accepted(synthetic_brats, tmp_path):
+    """Multi-member gzip, bytes after the gzip stream and a bitpix that disagrees with the data
+    type are read by ITK as complete files: so by the completeness check."""
+    import gzip
+
+    case = find_cases(synthetic_brats)[0]
+    image, geometry = read_nifti(case.images["t1"])
+    whole = tmp_path / "whole.nii.gz"
+    write_nifti(image, geometry, whole)
+    raw = gzip.decompress(whole.read_bytes())
+    half = len(raw) // 2
+    (tmp_path / "members.nii.gz").write_bytes(gzip.compress(raw[:half]) + gzip.compress(raw[half:]))
+    (tmp_path / "trailing.nii.gz").write_bytes(whole.read_bytes() + b"not gzip")
+    wrong_bitpix = bytearray(raw)
+    wrong_bitpix[72:74] = np.int16(64).tobytes()  # float32 data, bitpix says 64
+    (tmp_path / "bitpix.nii").write_bytes(bytes(wrong_bitpix))
+    for name in ("members.nii.gz", "trailing.nii.gz", "bitpix.nii"):
+        check_complete(tmp_path / name)
+        assert np.array_equal(read_nifti(tmp_path / name)[0], image), name
