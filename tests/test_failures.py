@@ -94,6 +94,7 @@ WRITERS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_every_writer_reports_a_full_disk_and_publishes_nothing(tmp_path):
     """NIfTI (ITK only complains on its console), the HDF5 store, a .keras model and a CSV."""
     run = subprocess.run([sys.executable, "-c", WRITERS, str(tmp_path)], capture_output=True,

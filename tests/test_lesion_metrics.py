@@ -257,6 +257,7 @@ def read_csv(path):
         return list(csv.DictReader(stream))
 
 
+@pytest.mark.slow
 def test_evaluate_script_scores_every_edition(tmp_path):
     """Three brats2023-gli cases: the truth itself, ET removed (a missed lesion), no prediction.
     Scored in every edition by brats/evaluate.py: the lesion rows, the summary of n - 1 and the
