@@ -170,21 +170,16 @@ def test_an_interrupted_overwrite_goes_on_when_rerun(synthetic_brats, tmp_path):
 # --------------------------------------------------------------------------- the store
 
 def test_a_flipped_byte_in_the_store_is_an_error(store_path, tmp_path):
-    store = DataStore(store_path)
-    originals = [store.read_image(i) for i in range(store.n_cases)]
-    store.close()
+    """A byte flipped in the middle of the data: reading every case meets it (without the
+    checksums it was read back silently as other voxels)."""
     data = bytearray(store_path.read_bytes())
+    data[int(len(data) * 0.6)] ^= 0xFF
     flipped = tmp_path / "flipped.h5"
-    position = int(len(data) * 0.6)
-    data[position] ^= 0xFF
     flipped.write_bytes(bytes(data))
+    store = DataStore(flipped)
     with pytest.raises(InputError, match="flipped.h5"):
-        store = DataStore(flipped)
-        images = [store.read_image(i) for i in range(store.n_cases)]
-        store.close()
-        # Reaching this line would mean the byte was read back silently (or never read).
-        assert all(np.array_equal(a, b) for a, b in zip(images, originals))
-        raise AssertionError("a flipped byte was read back silently")
+        for index in range(store.n_cases):
+            store.read_image(index)
 
 
 def test_a_store_another_process_writes_gets_a_message_saying_so(store_path, tmp_path):

@@ -58,14 +58,14 @@ def test_editions_hold_the_official_parameters():
     assert (b24.rules["PED"].dilation, b24.rules["PED"].threshold) == (5, 10)
     assert b24.rules["MEN"].small_predictions is None
     assert not b24.rules["MEN-RT"].count_false_positives
-    assert penalty("brats2024", "GLI", SHAPE, (1, 1, 1)) == 337
-    # MET and MEN-RT: the image diagonal in voxels (240x240x155: the legacy 373.13), whatever
-    # the spacing, as the 2024 code computes it.
-    assert penalty("brats2024", "MET", (240, 240, 155), (1, 1, 1)) == pytest.approx(373.13, 1e-5)
-    assert penalty("brats2024", "MEN-RT", (40, 40, 40), (1, 1, 2)) == pytest.approx(
+    assert penalty("brats2024", "GLI", SHAPE) == 337
+    # MET and MEN-RT: the image diagonal in voxels (240x240x155: the legacy 373.13), as the
+    # 2024 code computes it (whatever the spacing: test_an_empty_prediction_and_both_empty).
+    assert penalty("brats2024", "MET", (240, 240, 155)) == pytest.approx(373.13, 1e-5)
+    assert penalty("brats2024", "MEN-RT", (40, 40, 40)) == pytest.approx(
         math.sqrt(3 * 40 ** 2))
-    assert penalty("panoptica", "GLI", SHAPE, (1, 1, 1)) == 373
-    assert penalty("legacy", "MET", SHAPE, (1, 1, 1)) == 373.13
+    assert penalty("panoptica", "GLI", SHAPE) == 373
+    assert penalty("legacy", "MET", SHAPE) == 373.13
     # Every convention names an edition that has parameters for its task.
     from unet3d.conventions import CONVENTIONS
     for convention in CONVENTIONS.values():
@@ -348,8 +348,9 @@ def test_panoptica_edition_equals_the_official_package():
     panoptica edition: counts equal, Dice within 1e-6, HD95 within 1e-3 mm (1 mm data), NSD,
     precision, recall and F1 within 1e-6 (NaN where it is NaN)."""
     pytest.importorskip("panoptica")
-    resources = pytest.importorskip("importlib.resources")
     pytest.importorskip("brats_evaluation")
+    from importlib import resources
+
     from panoptica import Panoptica_Evaluator
 
     config = resources.files("brats_evaluation").joinpath("configs", "config_gli.yaml")

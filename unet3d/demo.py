@@ -35,7 +35,7 @@ from unet3d.config import DemoConfig, PredictConfig, preset
 from unet3d.data import write_store_from_folder
 from unet3d.errors import InputError
 from unet3d.evaluation import evaluate_folder, format_summary
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 from unet3d.logs import get_logger
 from unet3d.prediction import predict_cases
 from unet3d.preprocessing import preprocess_brats

@@ -32,7 +32,8 @@ from unet3d.brats import (MSD_IMAGES, NIFTI_EXTENSIONS, Case, candidates, classi
 from unet3d.case_metrics import METRICS, evaluate_masks, mask_box, region_masks
 from unet3d.conventions import Convention, ConventionLike, as_convention
 from unet3d.errors import InputError
-from unet3d.io import atomic_write, read_nifti
+from unet3d.atomic import atomic_write
+from unet3d.io import read_nifti
 from unet3d.labels import REGION_NAMES
 from unet3d.lesion_metrics import lesion_scores, missing_scores, penalty
 from unet3d.logs import get_logger
@@ -376,7 +377,7 @@ def _score_case(case: str, prediction_path: Path | None, truth_path: Path,
     the whole image, and the background outside it counts for the specificity."""
     truth, truth_geometry = read_nifti(truth_path)
     spacing, shape = truth_geometry.spacing, truth.shape
-    hd_penalty = penalty(edition, convention.task, shape, spacing)
+    hd_penalty = penalty(edition, convention.task, shape)
     pred = None
     if prediction_path is not None:
         pred, pred_geometry = read_nifti(prediction_path)

@@ -34,7 +34,7 @@ import tensorflow as tf
 
 import unet3d
 from unet3d.errors import InputError
-from unet3d.io import atomic_folder
+from unet3d.atomic import atomic_folder
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.model.card import embed_card, embedded_card
 

@@ -53,12 +53,10 @@ _MATCH_THRESHOLD = 1e-6
 _NO_MATCH = 1.0 + _MATCH_THRESHOLD
 
 
-def penalty(edition: Edition | str, task: str, shape: Sequence[int],
-            spacing: Sequence[float]) -> float:
+def penalty(edition: Edition | str, task: str, shape: Sequence[int]) -> float:
     """The HD95 penalty (mm) of `task` in `edition` on an image of `shape`: a number, or the
     image's diagonal in voxels `|shape|` where the edition says `DIAGONAL` (as the official code
-    computes it, whatever the `spacing`)."""
-    del spacing  # the official diagonal ignores it
+    computes it, whatever the voxel spacing)."""
     edition = get_edition(edition) if isinstance(edition, str) else edition
     value = edition.penalty_of(task)
     if value == DIAGONAL:
@@ -98,7 +96,7 @@ def lesion_scores(truth: np.ndarray, pred: np.ndarray, edition: Edition | str, t
     if truth.shape != pred.shape or truth.ndim != 3 or len(spacing) != 3:
         raise InputError(f"lesion-wise scores need two 3D masks of one shape and three spacings; "
                          f"got {truth.shape}, {pred.shape} and {tuple(spacing)}")
-    hd_penalty = penalty(edition, task, image_shape or truth.shape, spacing)
+    hd_penalty = penalty(edition, task, image_shape or truth.shape)
     if edition.lesions == "dilation":
         rule = edition.rule(task)
         margin = rule.largest_dilation + 1
@@ -249,6 +247,6 @@ def missing_scores(truth: np.ndarray, edition: Edition | str, task: str = "GLI",
     score it (brats-evaluation's parser): HD95 the penalty, every other column 0 (Dice, NSD,
     the counts, precision, recall, F1), whatever the truth. Arguments as `lesion_scores`."""
     empty = lesion_scores(truth, np.zeros_like(truth, dtype=bool), edition, task, region, spacing)
-    hd_penalty = penalty(edition, task, image_shape or np.shape(truth), spacing)
+    hd_penalty = penalty(edition, task, image_shape or np.shape(truth))
     return {column: hd_penalty if column == "hd95" else 0 if column in COUNTS else 0.0
             for column in empty}

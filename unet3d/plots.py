@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 
 # Contour colours of the overlays and line styles of the regions.
 TRUTH_COLOUR, PREDICTION_COLOUR = "lime", "magenta"

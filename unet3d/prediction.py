@@ -31,7 +31,8 @@ from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig, check_intervals
 from unet3d.data import DataStore
 from unet3d.errors import InputError, OutputError
 from unet3d.inference import check_patch_shape, predict_volume
-from unet3d.io import Geometry, remove_stale_temporaries, write_nifti
+from unet3d.atomic import remove_stale_temporaries
+from unet3d.io import Geometry, write_nifti
 from unet3d.conventions import (CONVENTIONS, Convention, ConventionLike, as_convention,
                                 check_translatable, get_convention, same_meaning,
                                 translatable, translate)

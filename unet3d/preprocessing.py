@@ -40,9 +40,9 @@ import SimpleITK as sitk
 from unet3d.brats import MODALITIES, Case, detect_convention, find_cases, read_case
 from unet3d.config import from_plain, option, to_plain
 from unet3d.conventions import Convention, check_label_values, recorded
+from unet3d.atomic import atomic_folder, atomic_write, remove_stale_temporaries
 from unet3d.errors import InputError, OutputError
-from unet3d.io import (Geometry, atomic_folder, atomic_write, remove_stale_temporaries, to_sitk,
-                       write_nifti)
+from unet3d.io import Geometry, to_sitk, write_nifti
 from unet3d.logs import get_logger
 from unet3d.model_space import brain_mask
 

@@ -25,7 +25,7 @@ from unet3d.distribution import check_memory, has_gpu, is_chief, make_strategy, 
 from unet3d.errors import InputError
 from unet3d.evaluation import format_summary
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
-from unet3d.io import remove_stale_temporaries
+from unet3d.atomic import remove_stale_temporaries
 from unet3d.conventions import as_convention, check_same_meaning
 from unet3d.labels import output_names
 from unet3d.logs import get_logger

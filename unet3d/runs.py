@@ -29,7 +29,7 @@ from typing import Sequence
 
 from unet3d.config import TrainConfig, to_plain
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 from unet3d.logs import get_logger
 from unet3d.model.card import card_path
 from unet3d.training import RunCheckpoint, checkpoint_dir

@@ -16,7 +16,7 @@ import numpy as np
 from unet3d.config import PAPER
 from unet3d.data import DataFile, DataStore, open_store
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 from unet3d.logs import get_logger
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import tables
 
 from unet3d.errors import OutputError
-from unet3d.io import publish, temporary_path, write_failure
+from unet3d.atomic import publish, temporary_path, write_failure
 from unet3d.model_space import CaseInfo, stored_grid
 
 FORMAT = "unet3d-store-1"

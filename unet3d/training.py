@@ -38,7 +38,7 @@ import numpy as np
 from unet3d.config import PAPER, SCHEDULES
 from unet3d.distribution import is_chief, prepare_model
 from unet3d.errors import InputError
-from unet3d.io import atomic_write, remove_stale_temporaries
+from unet3d.atomic import atomic_write, remove_stale_temporaries
 from unet3d.logs import get_logger
 from unet3d.model.card import ModelCard
 from unet3d.model.saving import load_old_model, save_model

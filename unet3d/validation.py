@@ -27,7 +27,8 @@ from unet3d.config import PredictConfig
 from unet3d.data import DataStore
 from unet3d.case_metrics import dice, region_masks
 from unet3d.evaluation import Evaluation, evaluate_folder
-from unet3d.io import atomic_folder, write_nifti
+from unet3d.atomic import atomic_folder
+from unet3d.io import write_nifti
 from unet3d.conventions import ConventionLike, as_convention
 from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger

@@ -36,7 +36,7 @@ from unet3d.brats import MODALITIES
 from unet3d.config import TARGETS, from_plain, to_plain
 from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels, get_convention
 from unet3d.errors import InputError
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 from unet3d.labels import output_names
 from unet3d.model_space import ModelSpace
 from unet3d.preprocessing import PreprocessConfig

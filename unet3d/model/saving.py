@@ -17,7 +17,7 @@ import keras
 import unet3d.losses  # noqa: F401 (registers the losses with Keras)
 from unet3d import metrics
 from unet3d.errors import InputError, OutputError
-from unet3d.io import atomic_write
+from unet3d.atomic import atomic_write
 from unet3d.model.card import ModelCard, embed_card, write_card_copy
 
 # Names under which models compiled by the legacy port refer to its losses and metrics.
