@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -53,13 +55,39 @@ def conv_flops(model: keras.Model) -> float:
     return total
 
 
-def run_child(script: str, args: dict) -> dict:
+def _kill_group(process: subprocess.Popen) -> None:
+    """Kill a child started in its own process group, and the processes it started."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def run_child(script: str, args: dict, env: dict | None = None, timeout: float | None = None,
+              keep_going: bool = False) -> dict | None:
     """Run `script --child <args as JSON>` in a fresh process (one measurement) and return the
-    dict it prints on its `RESULT ` line; stops the benchmark with the child's errors if it fails."""
-    run = subprocess.run([sys.executable, script, "--child", json.dumps(args)],
-                         capture_output=True, text=True)
-    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
-    if run.returncode or not lines:
-        print(run.stderr[-3000:])
+    dict it prints on its `RESULT ` line; stops the benchmark with the child's errors if it fails
+    (with `keep_going`: prints them and returns None). `env`: the child's environment (default
+    this one's); `timeout`: seconds after which the child and the processes it started (its
+    process group) are killed, a failure."""
+    process = subprocess.Popen([sys.executable, script, "--child", json.dumps(args)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               process_group=0 if timeout is not None else None)
+    if timeout is not None:  # a SIGTERM of this process (e.g. timeout(1)) ends the child too
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(process)
+        stdout, stderr = process.communicate()
+        stderr += f"\n(killed after {timeout:g} s)"
+    except BaseException:
+        if timeout is not None:
+            _kill_group(process)
+        raise
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if process.returncode or not lines:
+        print(stderr[-3000:], flush=True)
+        if keep_going:
+            print(f"measurement {args} failed", flush=True)
+            return None
         raise SystemExit(f"measurement {args} failed")
     return json.loads(lines[-1][len("RESULT "):])
