@@ -103,8 +103,9 @@ def pairs() -> dict[tuple[str, str], object]:
     for runtime in FLAGS.runtimes:
         for precision in FLAGS.precisions:
             try:
-                if resolve_precision(runtime, precision) != precision:
-                    raise InputError(f"{precision} means {resolve_precision(runtime, precision)}")
+                resolved = resolve_precision(runtime, precision)
+                if precision != "auto" and resolved != precision:
+                    raise InputError(f"{precision} means {resolved}")
                 found[runtime, precision] = predictor(model, runtime, precision)
             except InputError as error:
                 print(f"skipped {runtime} {precision}: {error}")

@@ -21,7 +21,9 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.slow)
+                                  if name == "isensee2017 paper size" else name
+                                  for name in CASES])
 def test_converted_port_models_equal_the_port_outputs(name, tmp_path):
     builder, settings = CASES[name]
     path = tmp_path / "old.h5"
@@ -148,3 +150,37 @@ def test_a_port_file_without_its_input_size_needs_the_image_shape(tmp_path):
     assert not (tmp_path / "other.keras").exists()
     with pytest.raises(InputError, match="not a Keras 2 HDF5"):
         convert_legacy_model(tmp_path / "new.keras", tmp_path / "other.keras")
+
+
+def test_a_port_file_with_other_layer_settings_is_refused_by_name(tmp_path):
+    """Weights of the right shapes are not enough: a dilated convolution or another slope in
+    one layer makes another network."""
+    import json
+
+    path = tmp_path / "edited.h5"
+    port_models.write_port_file(path, port_models.port_isensee2017, n_base_filters=2, depth=3,
+                                n_segmentation_levels=2)
+    with h5py.File(path, "r") as file:
+        original = json.loads(file.attrs["model_config"])
+    for kind, key, value in (("Conv3D", "dilation_rate", [2, 2, 2]), ("LeakyReLU", "alpha", 0.1)):
+        config = json.loads(json.dumps(original))
+        layer = [l for l in config["config"]["layers"] if l["class_name"] == kind][1]
+        layer["config"][key] = value
+        with h5py.File(path, "a") as file:
+            file.attrs["model_config"] = json.dumps(config)
+        with pytest.raises(InputError, match=f"'{layer['name']}' .*{key}"):
+            convert_port_model(path)
+
+
+def test_channels_last_keras_2_files_load_as_keras_3_reads_them(tmp_path):
+    import tf_keras
+
+    inputs = tf_keras.layers.Input((None, None, None, 2))
+    outputs = tf_keras.layers.Conv3D(3, 1, activation="sigmoid")(inputs)
+    twin = tf_keras.Model(inputs, outputs)
+    path = tmp_path / "channels_last.h5"
+    twin.save(path, save_format="h5")
+    assert not is_port_file(path)
+    batch = np.random.default_rng(4).normal(size=(1, 8, 8, 8, 2)).astype(np.float32)
+    np.testing.assert_allclose(load_old_model(path, compile=False).predict_on_batch(batch),
+                               twin.predict_on_batch(batch), atol=1e-6)

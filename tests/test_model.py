@@ -201,6 +201,7 @@ def test_region_metrics_reported_by_name_during_training():
 # --- deep supervision ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deep_supervision_outputs_and_targets():
     model = isensee2017_model((None, None, None, 2), deep_supervision=True, n_base_filters=4, depth=4)
     outputs = model(np.zeros((1, 16, 16, 8, 2), "float32"))
@@ -237,7 +238,8 @@ def test_deep_supervision_weights_must_match_levels():
 # --- saving and loading -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("builder", ["isensee2017", "unet_2d"])
+@pytest.mark.parametrize("builder", [pytest.param("isensee2017", marks=pytest.mark.slow),
+                                     "unet_2d"])
 def test_save_load_round_trip_identical_predictions(tmp_path, builder):
     if builder == "isensee2017":
         model = isensee2017_model(
@@ -291,3 +293,88 @@ def test_load_old_model_errors_name_the_file(tmp_path):
     other.write_bytes(b"")
     with pytest.raises(InputError, match=f"{other}: unknown format"):
         load_old_model(other)
+
+
+# --- the paper's pre-activation encoder and L2 ---------------------------------------------------
+
+
+def inbound_layers(model) -> dict[str, list[str]]:
+    """{layer name: names of the layers feeding it}, from the functional config."""
+    def names(value):
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            return [value["config"]["keras_history"][0]]
+        if isinstance(value, (list, tuple)):
+            return [n for item in value for n in names(item)]
+        return []
+    return {layer["name"]: names([node["args"] for node in layer["inbound_nodes"]])
+            for layer in model.get_config()["layers"]}
+
+
+@pytest.mark.parametrize("n_labels, activation, expected", [
+    (3, "sigmoid", 8_269_561),
+    # one more output: one more kernel column per head input channel (16 + 32 + 64) and bias
+    (4, "softmax", 8_269_561 + (16 + 32 + 64) + 3)])
+def test_preactivation_keeps_the_parameter_count(n_labels, activation, expected):
+    model = build_isensee2017((None, None, None, 4), n_labels=n_labels,
+                              activation_name=activation, preactivation=True)
+    assert model.count_params() == expected
+
+
+def test_preactivation_encoder_normalises_and_activates_before_each_context_convolution():
+    model = build_isensee2017((None, None, None, 4), preactivation=True, **TINY)
+    feeds, kind = inbound_layers(model), {l.name: type(l).__name__ for l in model.layers}
+
+    def chain(name, length):
+        """The names of `length` layers up the first inputs from `name` (itself first)."""
+        names = []
+        for _ in range(length):
+            names.append(name)
+            name = feeds[name][0] if feeds[name] else None
+        return names
+
+    level_convs = [l.name for l in model.layers if isinstance(l, keras.layers.Conv3D)
+                   and l.strides == (2, 2, 2)]
+    assert len(level_convs) == TINY["depth"] - 1
+    sums = [name for name, t in kind.items() if t == "Add" and
+            any(kind[f] == "Conv3D" for f in feeds[name])][:TINY["depth"]]
+    assert len(sums) == TINY["depth"]
+    for name in sums:
+        level_conv, context_conv = feeds[name]
+        # context: norm, leaky ReLU, conv, dropout, norm, leaky ReLU, conv, from the level conv
+        path = chain(context_conv, 8)
+        assert [kind[n] for n in path] == [
+            "Conv3D", "LeakyReLU", "GroupNormalization", "SpatialDropout3D", "Conv3D",
+            "LeakyReLU", "GroupNormalization", "Conv3D"]
+        assert path[-1] == level_conv
+        # the sum is normalised and activated before it leaves the level
+        consumers = [n for n, f in feeds.items() if name in f]
+        assert [kind[n] for n in consumers] == ["GroupNormalization"]
+    # the legacy encoder activates after each convolution instead
+    legacy = build_isensee2017((None, None, None, 4), **TINY)
+    legacy_kind = {l.name: type(l).__name__ for l in legacy.layers}
+    first_conv = next(l.name for l in legacy.layers if isinstance(l, keras.layers.Conv3D))
+    assert [legacy_kind[n] for n, f in inbound_layers(legacy).items() if first_conv in f] == [
+        "GroupNormalization"]
+
+
+def test_l2_penalty_of_every_kernel_is_in_the_loss():
+    keras.utils.set_random_seed(0)
+    model = build_isensee2017((None, None, None, 4), preactivation=True, l2=1e-5, **TINY)
+    kernels = [l.kernel for l in model.layers if isinstance(l, keras.layers.Conv3D)]
+    expected = 1e-5 * sum(float(np.sum(np.square(k.numpy()))) for k in kernels)
+    model.compile(optimizer="adam", loss=lambda y_true, y_pred: 0.0 * keras.ops.mean(y_pred))
+    x, y = random_batch((1, 16, 16, 16, 4))
+    assert model.evaluate(x, y, verbose=0) == pytest.approx(expected, rel=1e-5)
+    assert not build_isensee2017((None, None, None, 4), **TINY).losses
+
+
+@pytest.mark.slow
+def test_preactivation_network_learns():
+    keras.utils.set_random_seed(1)
+    model = isensee2017_model((16, 16, 16, 4), preactivation=True, l2=1e-5,
+                              initial_learning_rate=5e-3, **TINY)
+    x, y = random_batch((2, 16, 16, 16, 4))
+    first = model.train_on_batch(x, y)
+    for _ in range(30):
+        last = model.train_on_batch(x, y)
+    assert last < first - 0.05  # the weighted Dice loss: -0.35 -> -0.46 here

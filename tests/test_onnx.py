@@ -217,7 +217,7 @@ def test_keras_bfloat16_copy_computes_in_bfloat16_with_the_same_weights(network)
 
 
 def test_precisions_resolve_per_runtime_and_machine(monkeypatch):
-    monkeypatch.setattr(runtimes, "has_gpu", lambda: False)
+    monkeypatch.setattr(runtimes, "gpu_has_bfloat16", lambda: False)
     monkeypatch.setattr(runtimes, "cpu_has_bfloat16", lambda: True)
     assert [runtimes.resolve_precision(r, "auto") for r in runtimes.RUNTIMES] == [
         "bfloat16", "float32", "bfloat16"]
@@ -229,6 +229,9 @@ def test_precisions_resolve_per_runtime_and_machine(monkeypatch):
     with pytest.raises(InputError, match="no bfloat16 units"):
         runtimes.resolve_precision("openvino", "bfloat16")
     assert runtimes.resolve_precision("keras", "bfloat16") == "bfloat16"
+    monkeypatch.setattr(runtimes, "gpu_has_bfloat16", lambda: True)  # e.g. an H100
+    assert [runtimes.resolve_precision(r, "auto") for r in runtimes.RUNTIMES] == [
+        "bfloat16", "float32", "float32"]
     with pytest.raises(InputError, match="unknown runtime 'tensorrt'"):
         runtimes.resolve_precision("tensorrt", "float32")
 
@@ -275,3 +278,15 @@ def test_keras_float32_runs_a_mixed_precision_model_in_float32(network):
     as_bfloat16 = runtimes.predictor(network, "keras", "bfloat16")(batch)
     np.testing.assert_allclose(as_bfloat16, trained_in_bf16.predict_on_batch(batch), atol=1e-6,
                                rtol=0)
+
+
+def test_a_model_trained_in_mixed_precision_exports_its_float32_network(network, tmp_path):
+    """The ONNX graph is float32: the export checks it against the float32 network, not the
+    model's own bfloat16 arithmetic (which differs by more than the tolerance)."""
+    model_file = tmp_path / "mixed.keras"
+    runtimes.with_dtype_policy(network, "mixed_bfloat16").save(model_file)
+    output = export_model(model_file, tmp_path / "onnx", format="onnx")
+    session = onnxruntime.InferenceSession(str(output / "model.onnx"))
+    batch = np.random.default_rng(12).normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"image": batch})[0],
+                               network.predict_on_batch(batch), atol=1e-4, rtol=0)

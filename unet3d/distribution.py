@@ -99,6 +99,18 @@ def cpu_has_bfloat16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def gpu_has_bfloat16() -> bool:
+    """Whether the backend's first GPU computes bfloat16 natively (compute capability >= 8.0:
+    A100, H100 and later; a T4 or V100 would emulate it slowly). False without a GPU."""
+    tf = _tensorflow()
+    if tf is not None:
+        gpus = tf.config.list_physical_devices("GPU")
+        details = tf.config.experimental.get_device_details(gpus[0]) if gpus else {}
+        return tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
+    gpus = [d for d in _jax_devices() if d.platform == "gpu"]
+    return bool(gpus) and float(getattr(gpus[0], "compute_capability", 0)) >= 8.0
+
+
 def has_gpu() -> bool:
     """Whether the backend sees a GPU."""
     tf = _tensorflow()

@@ -24,7 +24,8 @@ or an error of the runtime (ONNX). Loading the SavedModel needs TensorFlow only:
     probabilities = serve(image=tf.constant(batch))["segmentation"]
 
 and the ONNX model any ONNX runtime (docs/export.md: Python, C++, Java, OpenVINO). The ONNX
-export is checked against the Keras model before it is published (`check_onnx`).
+export is checked against the Keras model before it is published
+(`unet3d.onnx_graph.check_onnx`).
 """
 
 from __future__ import annotations
@@ -45,14 +46,11 @@ from unet3d.atomic import atomic_folder, write_failure
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
 from unet3d.logs import get_logger
 from unet3d.model.card import embed_card, embedded_card
-from unet3d.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, onnx_model
+from unet3d.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, check_onnx, onnx_model
 
 SAVED_MODEL_DIR = "saved_model"
 ONNX_FILE = "model.onnx"
 SIGNATURE_NAME = "serving_default"
-#: The largest difference from the Keras model's outputs an ONNX export may show on
-#: `check_onnx`'s input (float32 rounding differs between runtimes by about 1e-6 there).
-ONNX_TOLERANCE = 1e-4
 
 
 def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
@@ -101,7 +99,7 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
 
     with atomic_folder(output_dir) as tmp:
         if format == "onnx":
-            write_onnx(model, tmp / ONNX_FILE, card)
+            write_onnx(model, tmp / ONNX_FILE, card, output_dir / ONNX_FILE)
         else:
             write_saved_model(model, tmp / SAVED_MODEL_DIR,
                               signature["inputs"][INPUT_NAME]["spatial_multiple_of"])
@@ -147,9 +145,12 @@ def write_saved_model(model: keras.Model, path: Path, divisors: Sequence[int]) -
     archive.write_out(str(path), verbose=False)
 
 
-def write_onnx(model: keras.Model, path: Path, card: ModelCard | None) -> None:
+def write_onnx(model: keras.Model, path: Path, card: ModelCard | None,
+               published: Path | None = None) -> None:
     """Write the ONNX graph of `model` (`unet3d.onnx_graph.onnx_model`, `card` in its metadata)
-    to `path`, read it back and check it against `model` (`check_onnx`)."""
+    to `path`, read it back and check it against `model` (`check_onnx`); errors name
+    `published`, where the file will be once the export is complete (default `path`)."""
+    published = published or path
     import onnx
     from google.protobuf.message import DecodeError
 
@@ -157,40 +158,11 @@ def write_onnx(model: keras.Model, path: Path, card: ModelCard | None) -> None:
         onnx.save(onnx_model(model, card), path)
         written = onnx.load(path)
     except OSError as error:
-        raise write_failure(path, error) from error
+        raise write_failure(published, error) from error
     except DecodeError as error:
-        raise OutputError(f"{path} was not written whole ({error}): check the disk and export "
-                          "again") from None
-    check_onnx(model, written, path)
-
-
-def check_onnx(model: keras.Model, proto, path: Path) -> float:
-    """The largest difference between the outputs of `model` and of its ONNX graph `proto` in
-    ONNX Runtime on a seeded random input of twice the network's divisor per axis; raises
-    `OutputError` naming `path` above `ONNX_TOLERANCE`. Without onnxruntime installed only the
-    graph is checked (`onnx.checker`) and NaN is returned."""
-    import onnx
-
-    onnx.checker.check_model(proto, full_check=True)
-    try:
-        import onnxruntime
-    except ImportError:
-        get_logger().warning(f"{path}: onnxruntime is not installed, so the export was not run "
-                             "against the Keras model (pip install -e .[onnx] to check it)")
-        return float("nan")
-    shape = (1, *(2 * d for d in model_divisors(model)), model.inputs[0].shape[-1])
-    batch = np.random.default_rng(0).normal(size=shape).astype(np.float32)
-    expected = np.asarray(model.predict_on_batch(batch), np.float32)
-    session = onnxruntime.InferenceSession(proto.SerializeToString(),
-                                           providers=["CPUExecutionProvider"])
-    difference = float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - expected).max())
-    if not difference <= ONNX_TOLERANCE:
-        raise OutputError(f"{path}: the ONNX model's outputs differ from the Keras model's by "
-                          f"{difference:.3g} (more than {ONNX_TOLERANCE}): not published; please "
-                          "report it with the model file")
-    get_logger().info(f"{path}: outputs equal the Keras model's within {difference:.1g} on a "
-                      f"{'x'.join(map(str, shape[1:-1]))} input")
-    return difference
+        raise OutputError(f"{published} was not written whole ({error}): check the disk and "
+                          "export again") from None
+    check_onnx(model, written, published)
 
 
 def describe_signature(model: keras.Model, model_file: Path,

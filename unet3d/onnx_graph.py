@@ -5,8 +5,9 @@
 
 The graph takes `image`, float32 `(batch, *spatial, channels)` (channels-last, as the Keras
 model), transposes it once to channels-first, runs every layer as the one ONNX operator that
-computes it (`Conv`, `InstanceNormalization`, `BatchNormalization`, `LeakyRelu`, `Resize`,
-`ConvTranspose`, `MaxPool`, `Concat`, `Add`, `Sigmoid`, `Softmax`; the legacy port's instance
+computes it (`Conv`, `InstanceNormalization`, `BatchNormalization`, `Relu`, `LeakyRelu`,
+`Resize`, `ConvTranspose`, `MaxPool`, `Concat`, `Sum` for Keras' `Add`, `Sigmoid`, `Softmax`;
+the legacy port's instance
 normalisation, which no operator computes, as its formula), and transposes the result
 back to `segmentation`, float32 `(batch, *spatial, outputs)`. Batch and spatial axes are dynamic.
 
@@ -26,13 +27,15 @@ Dropout layers and the `SpatialSizeCheck` are identities at inference.
 from __future__ import annotations
 
 import json
+import os
 from typing import Callable
 
 import keras
 import numpy as np
 
 import unet3d
-from unet3d.errors import InputError
+from unet3d.errors import InputError, OutputError
+from unet3d.logs import get_logger
 from unet3d.model import ModelCard, model_divisors
 from unet3d.model.card import card_from_dict
 
@@ -41,6 +44,9 @@ from unet3d.model.card import card_from_dict
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "segmentation"
+#: The largest difference from the Keras model's outputs a graph may show on `check_onnx`'s
+#: input (float32 rounding differs between runtimes by about 1e-5 there).
+ONNX_TOLERANCE = 1e-4
 #: Metadata keys of the exported file.
 CARD_KEY, LAYOUT_KEY, MULTIPLE_KEY, VERSION_KEY = (
     "unet3d_model_card", "unet3d_layout", "unet3d_spatial_multiple_of", "unet3d_version")
@@ -54,7 +60,8 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise InputError("ONNX export needs the onnx package: pip install -e .[onnx]") from None
+        raise InputError("the ONNX graph needs the onnx package: pip install -e .[onnx] "
+                         "(.[openvino] for --runtime openvino)") from None
     return onnx
 
 
@@ -313,3 +320,36 @@ def card_of(proto, source: str) -> ModelCard | None:
         if prop.key == CARD_KEY:
             return card_from_dict(json.loads(prop.value), source)
     return None
+
+
+def check_onnx(model: keras.Model, proto, path: str | os.PathLike) -> float:
+    """The largest difference between the outputs of `model`, computed in float32 (as the
+    graph is, also for a model trained in mixed precision), and of its ONNX graph `proto` in
+    ONNX Runtime on a seeded random input of twice the network's divisor per axis; raises
+    `OutputError` naming `path` (the file, or what the graph is for) above `ONNX_TOLERANCE`. Without onnxruntime installed only the
+    graph is checked (`onnx.checker`) and NaN is returned."""
+    import onnx
+
+    from unet3d.runtimes import with_dtype_policy
+
+    onnx.checker.check_model(proto, full_check=True)
+    try:
+        import onnxruntime
+    except ImportError:
+        get_logger().warning(f"{path}: onnxruntime is not installed, so the export was not run "
+                             "against the Keras model (pip install -e .[onnx] to check it)")
+        return float("nan")
+    shape = (1, *(2 * d for d in model_divisors(model)), model.inputs[0].shape[-1])
+    batch = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    expected = np.asarray(with_dtype_policy(model, "float32").predict_on_batch(batch),
+                          np.float32)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                           providers=["CPUExecutionProvider"])
+    difference = float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - expected).max())
+    if not difference <= ONNX_TOLERANCE:
+        raise OutputError(f"{path}: the ONNX model's outputs differ from the Keras model's by "
+                          f"{difference:.3g} (more than {ONNX_TOLERANCE}): not published; please "
+                          "report it with the model file")
+    get_logger().info(f"{path}: outputs equal the Keras model's within {difference:.1g} on a "
+                      f"{'x'.join(map(str, shape[1:-1]))} input")
+    return difference

@@ -15,8 +15,9 @@ Precision (`unet3d.config.INFERENCE_PRECISIONS`):
 - "bfloat16": Keras with the `mixed_bfloat16` policy (bfloat16 convolutions, float32 variables,
   normalisation statistics and output), OpenVINO with bfloat16 inference precision. ONNX
   Runtime has no bfloat16 convolutions on CPUs and refuses it.
-- "auto": bfloat16 where the runtime has bfloat16 units to run it on (a GPU for Keras; a CPU
-  with AMX or AVX-512 BF16 for Keras and OpenVINO), float32 otherwise.
+- "auto": bfloat16 where the runtime has bfloat16 units to run it on (for Keras a GPU of compute
+  capability 8.0 or more, e.g. A100, H100; a CPU with AMX or AVX-512 BF16 for Keras and
+  OpenVINO), float32 otherwise.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import keras
 import numpy as np
 
 from unet3d.config import INFERENCE_PRECISIONS as PRECISIONS, RUNTIMES
-from unet3d.distribution import cpu_has_bfloat16, has_gpu
+from unet3d.distribution import cpu_has_bfloat16, gpu_has_bfloat16
 from unet3d.errors import InputError
 from unet3d.inference import Predictor, model_predictor
 from unet3d.logs import get_logger
@@ -55,7 +56,7 @@ def resolve_precision(runtime: str, precision: str = "auto") -> str:
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        units = cpu_has_bfloat16() or (runtime == "keras" and has_gpu())
+        units = cpu_has_bfloat16() or (runtime == "keras" and gpu_has_bfloat16())
         return "bfloat16" if units and runtime != "onnxruntime" else "float32"
     if precision == "bfloat16" and runtime == "onnxruntime":
         raise InputError("ONNX Runtime has no bfloat16 convolutions on CPUs: use --runtime "
@@ -70,8 +71,12 @@ def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
     """A copy of `model` (same weights) whose layers compute under the dtype `policy` (e.g.
     "mixed_bfloat16"), except those the builders pinned to float32 (the output activations).
 
-    A loaded `.keras` model records an explicit float32 policy in every layer, so the global
-    policy does not reach it; the copy is rebuilt layer by layer instead."""
+    A loaded `.keras` model records its policy in every layer (float32, or the mixed policy it
+    was trained under), so the global policy does not reach it; the copy is rebuilt layer by
+    layer instead. `model` itself is returned when its layers already compute under `policy`."""
+    if {layer.dtype_policy.name for layer in model.layers} == {policy}:
+        return model
+
     def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
         config = layer.get_config()
         pinned = layer.name.startswith("segmentation") and layer.dtype_policy.name == "float32"
@@ -92,11 +97,12 @@ def predictor(model: keras.Model, runtime: str = "keras", precision: str = "floa
     get_logger().info(f"the network runs on {runtime}, {precision}")
     if runtime == "keras":
         policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
-        as_trained = {layer.dtype_policy.name for layer in model.layers} == {policy}
-        return model_predictor(model if as_trained else with_dtype_policy(model, policy))
-    from unet3d.onnx_graph import OUTPUT_NAME, onnx_model
+        return model_predictor(with_dtype_policy(model, policy))
+    from unet3d.onnx_graph import OUTPUT_NAME, check_onnx, onnx_model
     module = runtime_module(runtime)
-    graph = onnx_model(model).SerializeToString()
+    proto = onnx_model(model)
+    check_onnx(model, proto, f"the ONNX graph of {model.name} for --runtime {runtime}")
+    graph = proto.SerializeToString()
     if runtime == "onnxruntime":
         options = module.SessionOptions()
         options.graph_optimization_level = module.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -108,9 +114,15 @@ def predictor(model: keras.Model, runtime: str = "keras", precision: str = "floa
     return _openvino_predictor(module, graph, precision)
 
 
+#: Input shapes whose OpenVINO compilation is kept (sliding windows need one; whole volumes
+#: differ from case to case).
+KEPT_COMPILATIONS = 2
+
+
 def _openvino_predictor(ov, graph: bytes, precision: str) -> Predictor:
-    """OpenVINO compiles the graph for each input shape it meets (sliding windows: one), which
-    runs faster than one compilation for dynamic shapes."""
+    """OpenVINO compiles the graph for the input shape it meets (sliding windows: one), which
+    runs faster than one compilation for dynamic shapes; the last `KEPT_COMPILATIONS` are
+    kept."""
     core, network, compiled = ov.Core(), None, {}
     settings = {"INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[precision],
                 "PERFORMANCE_HINT": "LATENCY"}
@@ -121,6 +133,8 @@ def _openvino_predictor(ov, graph: bytes, precision: str) -> Predictor:
             network = network or core.read_model(graph)
             shaped = network.clone()
             shaped.reshape({"image": list(batch.shape)})
+            if len(compiled) >= KEPT_COMPILATIONS:
+                del compiled[next(iter(compiled))]
             compiled[batch.shape] = core.compile_model(shaped, "CPU", settings)
         return np.asarray(compiled[batch.shape](_float32(batch))[0])
     return run

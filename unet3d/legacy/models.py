@@ -71,14 +71,20 @@ class PortLayer:
 
 
 def is_port_file(path: str | os.PathLike) -> bool:
-    """Whether `path` is an HDF5 model written by Keras 2 (the legacy port's format)."""
+    """Whether `path` is an HDF5 model written by Keras 2 with a channels-first graph (the legacy
+    port's format; Keras 3 loads other Keras 2 HDF5 models itself)."""
     try:
         with h5py.File(path, "r") as file:
-            version = file.attrs.get("keras_version", b"")
+            version, raw = file.attrs.get("keras_version", b""), file.attrs.get("model_config")
     except OSError:
         return False
     version = version.decode() if isinstance(version, bytes) else str(version)
-    return version.startswith("2.")
+    if not version.startswith("2."):
+        return False
+    if raw is None:
+        return True  # weights only: convert_port_model says what is missing
+    config = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return '"channels_first"' in config or '"InstanceNormalization"' in config
 
 
 def read_port_layers(path: Path) -> list[PortLayer]:
@@ -190,29 +196,68 @@ def convert_port_model(path: str | os.PathLike) -> keras.Model:
     if architecture == "isensee2017":  # keras_contrib's normalisation, not GroupNormalization's
         model = keras.models.clone_model(model, clone_function=_contrib_normalization(
             settings["norm_epsilon"]))
+    _check_uniform_settings(layers, path)
     ours = [l for l in model.layers if type(l) in WEIGHTED.values()]
     theirs = [l for l in layers if l.kind in WEIGHTED]
+    described = (f"the {architecture} network rebuilt from the file's settings "
+                 f"({', '.join(f'{k}={v}' for k, v in settings.items())})")
     for index, port_layer in enumerate(theirs):
         if index >= len(ours):
             raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) has no "
-                             f"place in the {architecture} network rebuilt from the file's "
-                             f"settings ({len(ours)} layers with weights)")
+                             f"place in {described}: another architecture, which cannot be "
+                             "converted")
         layer = ours[index]
         weights = read_port_weights(path, port_layer.name)
         expected = [tuple(w.shape) for w in layer.get_weights()]
         if (not isinstance(layer, WEIGHTED[port_layer.kind])
-                or [tuple(w.shape) for w in weights] != expected):
-            raise InputError(
-                f"{path}: layer {port_layer.name!r} ({port_layer.kind}, weights "
-                f"{[tuple(w.shape) for w in weights]}) does not fit layer {layer.name} "
-                f"({type(layer).__name__}, {expected}) of the {architecture} network rebuilt "
-                "from the file's settings: another architecture, which cannot be converted")
+                or [tuple(w.shape) for w in weights] != expected
+                or _differences(port_layer, layer)):
+            difference = _differences(port_layer, layer) or (
+                f"weights {[tuple(w.shape) for w in weights]}, expected {expected}")
+            raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) does not fit "
+                             f"{described}: {difference}; another architecture, which cannot "
+                             "be converted")
         layer.set_weights(weights)
     if len(ours) != len(theirs):
-        raise InputError(f"{path}: {len(theirs)} layers with weights, but the {architecture} "
-                         f"network rebuilt from its settings has {len(ours)} (first unmatched: "
-                         f"{ours[len(theirs)].name}): another architecture")
+        placed = theirs[-1].name if theirs else "none"
+        raise InputError(f"{path}: {len(theirs)} layers with weights (the last: {placed!r}), "
+                         f"but {described} has {len(ours)}: another architecture, which cannot "
+                         "be converted")
     return model
+
+
+#: Convolution settings that must equal those of the rebuilt layer.
+CONV_SETTINGS = ("kernel_size", "strides", "padding", "dilation_rate", "use_bias", "activation")
+
+
+def _differences(port_layer: PortLayer, layer: keras.layers.Layer) -> str:
+    """The first convolution setting in which a port layer differs from the rebuilt one, as
+    text ("" when they agree)."""
+    if port_layer.kind not in ("Conv3D", "Conv3DTranspose", "Deconvolution3D"):
+        return ""
+    ours = layer.get_config()
+    for key in CONV_SETTINGS:
+        theirs = port_layer.config.get(key, ours[key])
+        normal = (list(theirs) if isinstance(theirs, (list, tuple)) else theirs,
+                  list(ours[key]) if isinstance(ours[key], (list, tuple)) else ours[key])
+        if normal[0] != normal[1]:
+            return f"{key} {theirs}, expected {ours[key]}"
+    return ""
+
+
+def _check_uniform_settings(layers: list[PortLayer], path: Path) -> None:
+    """The builders give every leaky ReLU, instance normalisation, dropout and upsampling of a
+    network the same setting: refuse a file whose layers differ, naming the first that does."""
+    for kind, key in (("LeakyReLU", "alpha"), ("InstanceNormalization", "epsilon"),
+                      ("SpatialDropout3D", "rate"), ("UpSampling3D", "size")):
+        found = [l for l in layers if l.kind == kind]
+        for layer in found[1:]:
+            if layer.config.get(key) != found[0].config.get(key):
+                raise InputError(f"{path}: layer {layer.name!r} ({kind}) has {key} "
+                                 f"{layer.config.get(key)}, {found[0].name!r} "
+                                 f"{found[0].config.get(key)}: the port's networks use one "
+                                 "value throughout; another architecture, which cannot be "
+                                 "converted")
 
 
 def port_input_shape(path: Path) -> tuple[int, int, int] | None:
@@ -254,9 +299,9 @@ def convert_legacy_model(model_file: str | os.PathLike, output: str | os.PathLik
     """Convert the port's `model_file` (`convert_port_model`) and save it as the `.keras` file
     `output` with its card (`port_card`), ready for brats/predict.py; returns the card.
 
-    The port normalised each modality by one mean and standard deviation over the whole training
-    set; the card records this package's per-case z-score (the closest it can express), which
-    the log says."""
+    The port normalised each modality by one mean and standard deviation of its training set
+    over the whole box, unclipped; the card records this package's per-case z-score over the
+    brain, clipped and rescaled (the closest it can express), and the log warns of it."""
     model_file, output = Path(model_file), Path(output)
     if output.suffix != ".keras":
         raise InputError(f"--output {output}: the converted model is written as a .keras file")
@@ -273,7 +318,12 @@ def convert_legacy_model(model_file: str | os.PathLike, output: str | os.PathLik
         f"converted {model_file} ({card.model}, {model.count_params():,} parameters) to {output}: "
         f"inputs {', '.join(card.modalities)}, outputs labels "
         f"{', '.join(map(str, card.labels))}, each brain box resampled to "
-        f"{'x'.join(map(str, card.space.image_shape))}. The port normalised each modality by "
-        "its mean and standard deviation over the whole training set; brats/predict.py "
-        "normalises each case by its own (the difference is small for BraTS data)")
+        f"{'x'.join(map(str, card.space.image_shape))}")
+    get_logger().warning(
+        "the port fed each modality as a z-score over the whole box with one mean and standard "
+        "deviation of its training set, unclipped; brats/predict.py feeds this package's "
+        "per-case z-score over the brain, clipped to [-5, 5] and rescaled to [0, 1] (0 outside). "
+        "The Isensee network's instance normalisation absorbs much of that change, the plain "
+        "U-Net's convolutions do not: score the converted model on cases with truth "
+        "(brats/evaluate.py) before relying on its predictions")
     return card

@@ -106,11 +106,13 @@ class LegacyInstanceNormalization(keras.layers.Layer):
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
 
     def call(self, inputs):
-        axes = tuple(range(1, len(inputs.shape) - 1))
-        mean = keras.ops.mean(inputs, axis=axes, keepdims=True)
-        std = keras.ops.sqrt(keras.ops.mean(keras.ops.square(inputs - mean), axis=axes,
-                                            keepdims=True))
-        return (inputs - mean) / (std + self.epsilon) * self.gamma + self.beta
+        # Statistics in float32 under mixed precision too, as GroupNormalization computes them.
+        x = keras.ops.cast(inputs, "float32")
+        axes = tuple(range(1, len(x.shape) - 1))
+        mean = keras.ops.mean(x, axis=axes, keepdims=True)
+        std = keras.ops.sqrt(keras.ops.mean(keras.ops.square(x - mean), axis=axes, keepdims=True))
+        normed = (x - mean) / (std + self.epsilon) * keras.ops.cast(self.gamma, "float32")
+        return keras.ops.cast(normed + keras.ops.cast(self.beta, "float32"), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -136,6 +138,7 @@ def conv_block(
     normalization: str | None = None,
     norm_epsilon: float = 1e-3,
     negative_slope: float = 0.0,
+    l2: float = 0.0,
 ):
     """Convolution ('same' padding, with bias), optional normalisation, (leaky) ReLU.
 
@@ -147,11 +150,26 @@ def conv_block(
             learned per-channel scale and offset: `GroupNormalization(groups=-1)`).
         norm_epsilon: variance epsilon of the normalisation.
         negative_slope: 0 for ReLU, else the slope of a LeakyReLU.
+        l2: weight of the L2 penalty `l2 * sum(kernel**2)` added to the loss (0: none).
 
     Returns:
         `(batch, *spatial / strides, filters)`.
     """
-    x = CONV[spatial_rank(x)](filters, kernel_size, strides=strides, padding="same")(x)
+    x = convolution(x, filters, kernel_size, strides, l2)
+    return activate(x, normalization, norm_epsilon, negative_slope)
+
+
+def convolution(x, filters: int, kernel_size: int = 3, strides: int = 1, l2: float = 0.0):
+    """Convolution alone ('same' padding, with bias; `l2`: its kernel's L2 penalty weight):
+    `(batch, *spatial, c)` -> `(batch, *spatial / strides, filters)`."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    return CONV[spatial_rank(x)](filters, kernel_size, strides=strides, padding="same",
+                                 kernel_regularizer=regularizer)(x)
+
+
+def activate(x, normalization: str | None = None, norm_epsilon: float = 1e-3,
+             negative_slope: float = 0.0):
+    """Optional normalisation (see `conv_block`), then (leaky) ReLU; shape unchanged."""
     if normalization == "batch":
         x = keras.layers.BatchNormalization(epsilon=norm_epsilon)(x)
     elif normalization == "instance":
@@ -173,9 +191,11 @@ def upsample(x, size: int | Sequence[int], filters: int | None = None):
     return CONV_TRANSPOSE[rank](filters, size, strides=size)(x)
 
 
-def segmentation_logits(x, n_labels: int):
-    """1x1 convolution to `n_labels` channels (with bias, no activation)."""
-    return CONV[spatial_rank(x)](n_labels, 1)(x)
+def segmentation_logits(x, n_labels: int, l2: float = 0.0):
+    """1x1 convolution to `n_labels` channels (with bias, no activation; `l2`: its kernel's L2
+    penalty weight)."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
+    return CONV[spatial_rank(x)](n_labels, 1, kernel_regularizer=regularizer)(x)
 
 
 def output_activation(logits, activation_name: str, name: str = "segmentation"):

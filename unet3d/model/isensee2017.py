@@ -2,7 +2,9 @@
 Prediction: Contribution to the BRATS 2017 Challenge"), channels-last.
 
 Encoder level `l` (filters `n_base_filters * 2**l`): conv block (stride 2 except at level 0),
-then a context module (conv block, spatial dropout, conv block) added to the block's output.
+then a context module (conv block, spatial dropout, conv block) added to the block's output; with
+`preactivation` (the paper's), the convolution alone, a pre-activation residual context module
+added to it, the sum normalised and activated.
 Decoder level `l` (from `depth - 2` to 0): upsampling module (nearest x2, conv block),
 concatenation with the encoder output of level `l`, localization module (3x3x3 conv block, 1x1x1
 conv block). Levels below `n_segmentation_levels` feed a 1x1x1 segmentation head; the heads are
@@ -13,7 +15,8 @@ The paper's leaky ReLU slope is 0.01 and this module's instance-normalisation ep
 usual default; the paper states none); the legacy Keras port used a slope of 0.3 and an epsilon of
 1e-3. `legacy=True` restores the port's values. With 4 input channels, 3 labels and the default
 sizes the network has 8,269,561 parameters, like the port's (instance normalisation has a scale
-and an offset per channel).
+and an offset per channel), with or without `preactivation`; with a softmax over background and
+the three labels (4 outputs), 8,269,676.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ from unet3d.model.blocks import (
     SPATIAL_DROPOUT,
     OptimizerLike,
     SpatialSizeCheck,
+    activate,
     check_input_shape,
     compile_model,
     conv_block,
+    convolution,
     output_activation,
     segmentation_logits,
     size_divisors,
@@ -63,6 +68,8 @@ def build_isensee2017(
     negative_slope: float | None = None,
     norm_epsilon: float | None = None,
     deep_supervision: bool = False,
+    preactivation: bool = False,
+    l2: float = 0.0,
 ) -> keras.Model:
     """The uncompiled Isensee 2017 network.
 
@@ -84,6 +91,15 @@ def build_isensee2017(
             head per segmentation level: `"segmentation"` at full resolution, then
             `"segmentation_level_<l>"` at `1 / 2**l` of it (nnU-Net style; see
             `deep_supervision_targets`).
+        preactivation: the paper's context modules, pre-activation residual blocks: each
+            level's (strided) convolution alone, then normalisation, leaky ReLU, convolution,
+            dropout, normalisation, leaky ReLU, convolution, added to it, and the sum normalised
+            and activated. False: the legacy port's encoder (conv blocks of convolution,
+            normalisation, leaky ReLU). Both have the same parameters, and the decoder is the
+            port's either way; the authors' Lasagne code differs in details the paper does not
+            state (no normalisation opening the level-0 context module, the decoder's heads and
+            upsampling module), which would change the parameter count.
+        l2: L2 penalty weight on every convolution kernel (the paper: 1e-5; 0: none).
 
     Returns:
         A `keras.Model` mapping `(batch, x, y, z, channels)` to `(batch, x, y, z, n_labels)` (a
@@ -93,13 +109,13 @@ def build_isensee2017(
         raise InputError(
             f"n_segmentation_levels={n_segmentation_levels} must be between 1 and depth - 1 = {depth - 1}"
         )
-    block = block_settings(legacy, negative_slope, norm_epsilon)
+    block = {**block_settings(legacy, negative_slope, norm_epsilon), "l2": l2}
     divisors = size_divisors(2, depth - 1, len(input_shape) - 1)
     check_input_shape(input_shape, divisors)
 
     inputs = keras.Input(input_shape)
-    levels = encoder(SpatialSizeCheck(divisors)(inputs), depth, n_base_filters, dropout_rate,
-                     **block)
+    levels = (preactivation_encoder if preactivation else encoder)(
+        SpatialSizeCheck(divisors)(inputs), depth, n_base_filters, dropout_rate, **block)
     heads = decoder(levels, n_base_filters, n_segmentation_levels, n_labels, **block)
     if deep_supervision:
         outputs = {level_output_name(level): output_activation(
@@ -145,8 +161,25 @@ def decoder(levels: list, n_base_filters: int, n_segmentation_levels: int, n_lab
         x = keras.layers.Concatenate()([levels[level], x])
         x = conv_block(conv_block(x, filters, **block), filters, kernel_size=1, **block)
         if level < n_segmentation_levels:
-            heads[level] = segmentation_logits(x, n_labels)
+            heads[level] = segmentation_logits(x, n_labels, block.get("l2", 0.0))
     return heads
+
+
+def preactivation_encoder(x, depth: int, n_base_filters: int, dropout_rate: float, l2: float = 0.0,
+                          **norm) -> list:
+    """The paper's encoder (`build_isensee2017(preactivation=True)`): per level, the convolution
+    alone (stride 2 but at level 0), plus a pre-activation residual context module, the sum
+    normalised and activated: the level's output (`n_base_filters * 2**level` filters)."""
+    levels = []
+    for level in range(depth):
+        filters = n_base_filters * 2**level
+        x = convolution(x, filters, strides=1 if level == 0 else 2, l2=l2)
+        context = convolution(activate(x, **norm), filters, l2=l2)
+        context = SPATIAL_DROPOUT[spatial_rank(x)](dropout_rate)(context)
+        context = convolution(activate(context, **norm), filters, l2=l2)
+        x = activate(keras.layers.Add()([x, context]), **norm)
+        levels.append(x)
+    return levels
 
 
 def context_module(x, filters: int, dropout_rate: float, **block):
@@ -188,6 +221,8 @@ def isensee2017_model(
     deep_supervision: bool = False,
     deep_supervision_weights: Sequence[float] | None = None,
     jit_compile: bool | str = "auto",
+    preactivation: bool = False,
+    l2: float = 0.0,
 ) -> keras.Model:
     """`build_isensee2017(...)` compiled with `optimizer`, `loss_function` and `metrics`.
 
@@ -210,6 +245,8 @@ def isensee2017_model(
         negative_slope=negative_slope,
         norm_epsilon=norm_epsilon,
         deep_supervision=deep_supervision,
+        preactivation=preactivation,
+        l2=l2,
     )
     loss, loss_weights = loss_function, None
     if deep_supervision:
