@@ -12,7 +12,10 @@ submission naming, the input's grid and affine, the labels of the model's conven
 --convention for the same tissues), with --probabilities also one map per output
 (<case>_{wt,tc,et}.nii.gz, ...), one progress line per case, and the log to
 <output_dir>/predict.log. The window is the training patch the card records. A model without a
-card needs --modalities, --target and --patch_shape (or --whole_volume). Rerunning skips finished
+card needs --modalities, --target and --patch_shape (or --whole_volume). --runtime onnxruntime or
+openvino runs the network's ONNX graph instead of Keras (pip install -e .[onnx] or .[openvino]),
+--precision bfloat16 or auto in bfloat16 where the hardware has it (docs/export.md): the same
+windows and outputs, another speed. Rerunning skips finished
 cases (--overwrite redoes them). Exit status 1 if a case failed (the others are written), 2 for
 bad arguments or input.
 """
