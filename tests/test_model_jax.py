@@ -96,3 +96,55 @@ def test_tensorflow_and_jax_backends_agree(tmp_path):
     np.testing.assert_allclose(tf_results["prediction"], model.predict(x, verbose=0), rtol=1e-6, atol=1e-7)
     for name, expected in tf_results.items():
         np.testing.assert_allclose(jax_results[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+# Predicts and scores a folder on JAX with TensorFlow made unimportable (argv: model, cases,
+# output folder).
+PREDICT_ON_JAX = """
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow fails
+import keras
+from unet3d.config import PredictConfig
+from unet3d.evaluation import evaluate_folder
+from unet3d.prediction import predict_cases
+
+assert keras.backend.backend() == "jax"
+model, cases, out = sys.argv[1:4]
+report = predict_cases(model, cases, out, PredictConfig(bias_correction=False,
+                                                        probabilities=True, tta="mirror"))
+assert report.done and not report.failed, report.failed
+evaluation = evaluate_folder(out, cases, out + "_scores")
+print("SCORED", len(evaluation.rows))
+"""
+
+
+@pytest.mark.slow
+def test_prediction_and_evaluation_run_on_jax_without_tensorflow(synthetic_brats, tmp_path):
+    """A model saved on TensorFlow predicts the same probabilities on JAX, with TensorFlow
+    unimportable, and the folder is scored there."""
+    from helpers import write_model
+    from unet3d.config import PredictConfig
+    from unet3d.io import read_nifti
+    from unet3d.model import build_isensee2017
+    from unet3d.prediction import predict_cases
+
+    import keras
+    keras.utils.set_random_seed(3)
+    model_file = write_model(tmp_path, build_isensee2017((None, None, None, 4), n_base_filters=4,
+                                                         depth=3, n_segmentation_levels=2))
+    reference = predict_cases(model_file, synthetic_brats, tmp_path / "tensorflow",
+                              PredictConfig(bias_correction=False, probabilities=True,
+                                            tta="mirror"))
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [
+                       str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run([sys.executable, "-c", PREDICT_ON_JAX, str(model_file),
+                                str(synthetic_brats), str(tmp_path / "jax")], env=environment,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert f"SCORED {len(reference.done)}" in completed.stdout
+    for case in reference.done:
+        for region in ("wt", "tc", "et"):
+            ours = read_nifti(tmp_path / "jax" / f"{case}_{region}.nii.gz")[0]
+            theirs = read_nifti(tmp_path / "tensorflow" / f"{case}_{region}.nii.gz")[0]
+            np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
