@@ -148,3 +148,52 @@ def test_prediction_and_evaluation_run_on_jax_without_tensorflow(synthetic_brats
             ours = read_nifti(tmp_path / "jax" / f"{case}_{region}.nii.gz")[0]
             theirs = read_nifti(tmp_path / "tensorflow" / f"{case}_{region}.nii.gz")[0]
             np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+
+
+# Trains the paper recipe on JAX with TensorFlow unimportable (argv: store, run folder, epochs),
+# then saves the model's prediction of a fixed input (argv: inputs .npy, outputs .npy).
+TRAIN_ON_JAX = """
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow fails
+import keras
+import numpy as np
+from unet3d.config import preset
+from unet3d.model import load_old_model
+from unet3d.recipes import train
+
+assert keras.backend.backend() == "jax"
+store, run, epochs, inputs, outputs = sys.argv[1:6]
+train(preset("paper", data_file=store, run_dir=run, patch_shape=(16, 16, 16), batch_size=1,
+             steps_per_epoch=2, n_epochs=int(epochs), n_base_filters=4, precision="float32",
+             workers=0, verbose=0))
+model = load_old_model(run + "/model.keras", compile=False)
+np.save(outputs, keras.ops.convert_to_numpy(model.predict_on_batch(np.load(inputs))))
+"""
+
+
+@pytest.mark.slow
+def test_training_runs_and_resumes_on_jax_and_its_model_loads_on_tensorflow(store_path, tmp_path):
+    """The paper recipe trains on JAX without TensorFlow, a second run resumes it for one more
+    epoch, and its .keras file predicts on TensorFlow what it predicted on JAX."""
+    import csv
+    import shutil
+
+    from unet3d.model import load_old_model
+
+    shutil.copy(store_path, tmp_path / "data.h5")
+    batch = np.random.default_rng(5).normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
+    np.save(tmp_path / "inputs.npy", batch)
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [
+                       str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
+    for epochs in (2, 3):
+        completed = subprocess.run(
+            [sys.executable, "-c", TRAIN_ON_JAX, str(tmp_path / "data.h5"), str(tmp_path / "run"),
+             str(epochs), str(tmp_path / "inputs.npy"), str(tmp_path / "jax.npy")],
+            env=environment, capture_output=True, text=True, timeout=900)
+        assert completed.returncode == 0, completed.stderr[-3000:]
+    with open(tmp_path / "run" / "training.log") as log:
+        assert [int(row["epoch"]) for row in csv.DictReader(log)] == [0, 1, 2]
+    model = load_old_model(tmp_path / "run" / "model.keras", compile=False)
+    np.testing.assert_allclose(model.predict_on_batch(batch), np.load(tmp_path / "jax.npy"),
+                               atol=1e-4, rtol=0)
