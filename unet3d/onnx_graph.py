@@ -326,8 +326,9 @@ def check_onnx(model: keras.Model, proto, path: str | os.PathLike) -> float:
     """The largest difference between the outputs of `model`, computed in float32 (as the
     graph is, also for a model trained in mixed precision), and of its ONNX graph `proto` in
     ONNX Runtime on a seeded random input of twice the network's divisor per axis; raises
-    `OutputError` naming `path` (the file, or what the graph is for) above `ONNX_TOLERANCE`. Without onnxruntime installed only the
-    graph is checked (`onnx.checker`) and NaN is returned."""
+    `OutputError` naming `path` (the file, or what the graph is for) above `ONNX_TOLERANCE`.
+    Without onnxruntime installed only the graph is checked (`onnx.checker`) and NaN is
+    returned."""
     import onnx
 
     from unet3d.runtimes import with_dtype_policy
@@ -336,7 +337,7 @@ def check_onnx(model: keras.Model, proto, path: str | os.PathLike) -> float:
     try:
         import onnxruntime
     except ImportError:
-        get_logger().warning(f"{path}: onnxruntime is not installed, so the export was not run "
+        get_logger().warning(f"{path}: onnxruntime is not installed, so the graph was not run "
                              "against the Keras model (pip install -e .[onnx] to check it)")
         return float("nan")
     shape = (1, *(2 * d for d in model_divisors(model)), model.inputs[0].shape[-1])
@@ -348,8 +349,8 @@ def check_onnx(model: keras.Model, proto, path: str | os.PathLike) -> float:
     difference = float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - expected).max())
     if not difference <= ONNX_TOLERANCE:
         raise OutputError(f"{path}: the ONNX model's outputs differ from the Keras model's by "
-                          f"{difference:.3g} (more than {ONNX_TOLERANCE}): not published; please "
-                          "report it with the model file")
+                          f"{difference:.3g} (more than {ONNX_TOLERANCE}), so it is not used; "
+                          "please report it with the model file")
     get_logger().info(f"{path}: outputs equal the Keras model's within {difference:.1g} on a "
                       f"{'x'.join(map(str, shape[1:-1]))} input")
     return difference

@@ -98,7 +98,7 @@ def predictor(model: keras.Model, runtime: str = "keras", precision: str = "floa
     if runtime == "keras":
         policy = {"float32": "float32", "bfloat16": "mixed_bfloat16"}[precision]
         return model_predictor(with_dtype_policy(model, policy))
-    from unet3d.onnx_graph import OUTPUT_NAME, check_onnx, onnx_model
+    from unet3d.onnx_graph import INPUT_NAME, OUTPUT_NAME, check_onnx, onnx_model
     module = runtime_module(runtime)
     proto = onnx_model(model)
     check_onnx(model, proto, f"the ONNX graph of {model.name} for --runtime {runtime}")
@@ -109,9 +109,9 @@ def predictor(model: keras.Model, runtime: str = "keras", precision: str = "floa
         session = module.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
         def run(batch: np.ndarray) -> np.ndarray:
-            return session.run([OUTPUT_NAME], {"image": _float32(batch)})[0]
+            return session.run([OUTPUT_NAME], {INPUT_NAME: _float32(batch)})[0]
         return run
-    return _openvino_predictor(module, graph, precision)
+    return _openvino_predictor(module, graph, precision, INPUT_NAME)
 
 
 #: Input shapes whose OpenVINO compilation is kept (sliding windows need one; whole volumes
@@ -119,20 +119,19 @@ def predictor(model: keras.Model, runtime: str = "keras", precision: str = "floa
 KEPT_COMPILATIONS = 2
 
 
-def _openvino_predictor(ov, graph: bytes, precision: str) -> Predictor:
+def _openvino_predictor(ov, graph: bytes, precision: str, input_name: str) -> Predictor:
     """OpenVINO compiles the graph for the input shape it meets (sliding windows: one), which
     runs faster than one compilation for dynamic shapes; the last `KEPT_COMPILATIONS` are
     kept."""
-    core, network, compiled = ov.Core(), None, {}
+    core, compiled = ov.Core(), {}
+    network = core.read_model(graph)
     settings = {"INFERENCE_PRECISION_HINT": {"float32": "f32", "bfloat16": "bf16"}[precision],
                 "PERFORMANCE_HINT": "LATENCY"}
 
     def run(batch: np.ndarray) -> np.ndarray:
-        nonlocal network
         if batch.shape not in compiled:
-            network = network or core.read_model(graph)
             shaped = network.clone()
-            shaped.reshape({"image": list(batch.shape)})
+            shaped.reshape({input_name: list(batch.shape)})
             if len(compiled) >= KEPT_COMPILATIONS:
                 del compiled[next(iter(compiled))]
             compiled[batch.shape] = core.compile_model(shaped, "CPU", settings)

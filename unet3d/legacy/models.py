@@ -102,12 +102,11 @@ def read_port_layers(path: Path) -> list[PortLayer]:
             for layer in config["config"]["layers"]]
 
 
-def read_port_weights(path: Path, layer: str) -> list[np.ndarray]:
-    """The arrays of one layer of a Keras 2 HDF5 file, in the layer's weight order."""
-    with h5py.File(path, "r") as file:
-        group = file["model_weights"][layer]
-        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
-        return [np.asarray(group[name]) for name in names]
+def read_port_weights(file: h5py.File, layer: str) -> list[np.ndarray]:
+    """The arrays of one layer of an open Keras 2 HDF5 file, in the layer's weight order."""
+    group = file["model_weights"][layer]
+    names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+    return [np.asarray(group[name]) for name in names]
 
 
 def _input_channels(layers: list[PortLayer], path: Path) -> int:
@@ -122,10 +121,6 @@ def _input_channels(layers: list[PortLayer], path: Path) -> int:
     return int(shape[1])
 
 
-def _first_unknown(layers: list[PortLayer], known: set[str]) -> PortLayer | None:
-    return next((layer for layer in layers if layer.kind not in known), None)
-
-
 def port_architecture(layers: list[PortLayer], path: Path) -> tuple[str, dict]:
     """("isensee2017" or "unet3d", the builder's keyword arguments) of a port graph.
 
@@ -134,8 +129,8 @@ def port_architecture(layers: list[PortLayer], path: Path) -> tuple[str, dict]:
     kinds = {layer.kind for layer in layers}
     architecture = "isensee2017" if kinds & {"InstanceNormalization", "LeakyReLU", "Add"} else \
         "unet3d"
-    unknown = _first_unknown(layers, ISENSEE_LAYERS if architecture == "isensee2017"
-                             else UNET_LAYERS)
+    known = ISENSEE_LAYERS if architecture == "isensee2017" else UNET_LAYERS
+    unknown = next((layer for layer in layers if layer.kind not in known), None)
     if unknown is not None:
         raise InputError(f"{path}: layer {unknown.name!r} ({unknown.kind}) has no place in the "
                          f"port's {architecture} network (found by its other layers): this file "
@@ -201,23 +196,24 @@ def convert_port_model(path: str | os.PathLike) -> keras.Model:
     theirs = [l for l in layers if l.kind in WEIGHTED]
     described = (f"the {architecture} network rebuilt from the file's settings "
                  f"({', '.join(f'{k}={v}' for k, v in settings.items())})")
-    for index, port_layer in enumerate(theirs):
-        if index >= len(ours):
-            raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) has no "
-                             f"place in {described}: another architecture, which cannot be "
-                             "converted")
-        layer = ours[index]
-        weights = read_port_weights(path, port_layer.name)
-        expected = [tuple(w.shape) for w in layer.get_weights()]
-        if (not isinstance(layer, WEIGHTED[port_layer.kind])
-                or [tuple(w.shape) for w in weights] != expected
-                or _differences(port_layer, layer)):
+    with h5py.File(path, "r") as file:
+        for index, port_layer in enumerate(theirs):
+            if index >= len(ours):
+                raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) has no "
+                                 f"place in {described}: another architecture, which cannot be "
+                                 "converted")
+            layer = ours[index]
+            weights = read_port_weights(file, port_layer.name)
+            shapes = [tuple(w.shape) for w in weights]
+            expected = [tuple(w.shape) for w in layer.get_weights()]
             difference = _differences(port_layer, layer) or (
-                f"weights {[tuple(w.shape) for w in weights]}, expected {expected}")
-            raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) does not fit "
-                             f"{described}: {difference}; another architecture, which cannot "
-                             "be converted")
-        layer.set_weights(weights)
+                "" if isinstance(layer, WEIGHTED[port_layer.kind]) and shapes == expected
+                else f"weights {shapes}, expected {expected} ({type(layer).__name__})")
+            if difference:
+                raise InputError(f"{path}: layer {port_layer.name!r} ({port_layer.kind}) does "
+                                 f"not fit {described}: {difference}; another architecture, "
+                                 "which cannot be converted")
+            layer.set_weights(weights)
     if len(ours) != len(theirs):
         placed = theirs[-1].name if theirs else "none"
         raise InputError(f"{path}: {len(theirs)} layers with weights (the last: {placed!r}), "
