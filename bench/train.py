@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import time
 
@@ -110,18 +109,14 @@ def time_data_waits() -> list[float] | None:
 
 
 def replica_scope(replicas: int, config):
-    """The context the model is built in: a `tf.distribute` strategy's scope on TensorFlow; on
-    JAX a `DataParallel` distribution over `replicas` local devices when several (set globally)."""
-    if keras.backend.backend() == "tensorflow":
-        return distribution.make_strategy(config.strategy, config.cpu_replicas).scope()
-    if replicas > 1:
-        devices = keras.distribution.list_devices()
-        if len(devices) < replicas:
-            raise SystemExit(f"{replicas} replicas asked for, but the backend has {len(devices)} "
-                             f"devices: {devices}")
-        keras.distribution.set_distribution(
-            keras.distribution.DataParallel(devices=devices[:replicas]))
-    return contextlib.nullcontext()
+    """The context the model is built and fit in: the scope of `make_strategy` (a `tf.distribute`
+    strategy on TensorFlow, data parallel over the local devices on JAX), checked to hold
+    `replicas` devices."""
+    strategy = distribution.make_strategy(config.strategy, config.cpu_replicas)
+    found = strategy.num_replicas_in_sync if strategy is not None else 1
+    if found != replicas:
+        raise SystemExit(f"{replicas} replicas asked for, but the backend gives {found}")
+    return strategy.scope() if strategy is not None else contextlib.nullcontext()
 
 
 def device_memory() -> dict:
@@ -167,7 +162,7 @@ def child(args: dict) -> dict:
     timer = EpochTimer(wait if wait is not None else [0.0])
     with scope:
         model = recipes.build_model(config, store.n_channels, 3)
-    model.fit(train_data, epochs=config.n_epochs, callbacks=[timer], verbose=0)
+        model.fit(train_data, epochs=config.n_epochs, callbacks=[timer], verbose=0)
     timed = timer.seconds[1:]
     seconds = float(np.mean(timed))
     result = {"seconds_per_epoch": seconds,
@@ -179,17 +174,6 @@ def child(args: dict) -> dict:
         result["data_wait_seconds_per_epoch"] = float(np.mean(timer.waits[1:]))
     result.update(device_memory())
     return result
-
-
-def child_env(replicas: int) -> dict | None:
-    """The environment of a measurement: on JAX with several replicas, the CPU split into that
-    many devices (only the CPU platform reads the flag; GPUs are the devices they are)."""
-    if keras.backend.backend() != "jax" or replicas <= 1:
-        return None
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                        f" --xla_force_host_platform_device_count={replicas}").strip()
-    return env
 
 
 def cell(result: dict | None, key: str, form: str) -> str:
@@ -224,8 +208,7 @@ def main(argv):
                                 batch_size=FLAGS.batch_size, steps=FLAGS.steps,
                                 epochs=FLAGS.epochs, precision=precision, replicas=replicas,
                                 workers=workers, mode=mode)
-                    result = run_child(__file__, args, env=child_env(replicas),
-                                       timeout=FLAGS.child_timeout or None,
+                    result = run_child(__file__, args, timeout=FLAGS.child_timeout or None,
                                        keep_going=keep_going)
                     rows.append((precision, replicas, mode, workers, result))
                     print(f"{precision} {replicas} replica(s) {mode}"

@@ -107,15 +107,15 @@ def split_files(folder: Path, name: str = "a") -> tuple[Path, Path]:
     return folder / f"training_{name}.pkl", folder / f"validation_{name}.pkl"
 
 
-def paper_run(folder: Path, store_path: Path, **settings) -> TrainConfig:
-    """The paper recipe training on a copy of the store at `store_path`, the run in `folder`
-    (model m.keras, CSV log log.csv), float32, batches made in the training process; `settings`
-    replace the recipe's values."""
+def paper_run(folder: Path, store_path: Path, recipe: str = "paper", **settings) -> TrainConfig:
+    """The `recipe` (the paper recipe) training on a copy of the store at `store_path`, the run
+    in `folder` (model m.keras, CSV log log.csv), float32, batches made in the training process;
+    `settings` replace the recipe's values."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(store_path, folder / "data.h5")
     files = dict(data_file=folder / "data.h5", run_dir=folder, model_file=folder / "m.keras",
                  training_log=folder / "log.csv")
-    return preset("paper", **{name: str(path) for name, path in files.items()},
+    return preset(recipe, **{name: str(path) for name, path in files.items()},
                   **{"precision": "float32", "workers": 0, "verbose": 0, **settings})
 
 

@@ -255,3 +255,40 @@ def test_unreadable_or_foreign_card_files_are_refused(tmp_path):
     card_path(path).write_text(card_of().to_json())
     with pytest.raises(InputError, match="holds none: the model file was replaced"):
         read_card(path)
+
+
+def test_the_cards_inference_is_how_the_model_predicts_unless_told(tmp_path):
+    from unet3d.config import Inference
+    from unet3d.prediction import complete_config
+
+    path = tmp_path / "m.keras"
+    model = channel_model()
+    save_model(model, path, card_of(inference=Inference(whole_volume=True, tta="mirror")))
+    assert read_card(path).inference == Inference(True, "mirror")  # round trip, schema 3
+    resolve = lambda config: complete_config(path, model, config)[1]  # noqa: E731
+    default = resolve(PredictConfig())
+    assert default.whole_volume and default.patch_shape is None and default.tta == "mirror"
+    windows = resolve(PredictConfig(patch_shape=(32, 32, 32)))  # a window given: windows
+    assert not windows.whole_volume and windows.patch_shape == (32, 32, 32)
+    assert windows.tta == "mirror"
+    told = resolve(PredictConfig(whole_volume=False, tta="none"))
+    assert (told.whole_volume, told.patch_shape, told.tta) == (False, (16, 16, 16), "none")
+    # a card without a recipe's choice: sliding windows of the patch, no TTA
+    save_model(model, path, card_of())
+    plain = resolve(PredictConfig())
+    assert (plain.whole_volume, plain.patch_shape, plain.tta) == (False, (16, 16, 16), "none")
+
+
+def test_a_schema_2_card_predicts_as_before_and_a_bad_inference_is_refused(tmp_path):
+    from unet3d.config import Inference
+
+    path = tmp_path / "m.keras"
+    channel_model().save(path)
+    data = json.loads(card_of().to_json())
+    old = {**{k: v for k, v in data.items() if k != "inference"}, "schema_version": 2}
+    embed_text(path, json.dumps(old))
+    assert read_card(path) == card_of() and read_card(path).inference == Inference(False, "none")
+    channel_model().save(path)
+    embed_text(path, json.dumps({**data, "inference": {"whole_volume": True, "tta": "flip"}}))
+    with pytest.raises(InputError, match="inference tta 'flip' is not one of"):
+        read_card(path)

@@ -51,6 +51,11 @@ def test_helpshort_shows_the_chosen_presets_values():
     paper = flag_help("train_isensee2017.py", "--preset=paper")
     assert shown_default(paper["patch_shape"]) == "128,128,128"
     assert shown_default(paper["n_epochs"]) == "300"
+    paper2017 = flag_help("train_isensee2017.py", "--preset", "paper2017")
+    expected = {"target": "classes", "loss": "dice", "l2": "1e-05", "preactivation": "true",
+                "predict_whole_volume": "true", "predict_tta": "mirror",
+                "augmentation": "paper2017", "run_dir": "runs/paper2017"}
+    assert {name: shown_default(paper2017[name]) for name in expected} == expected
 
 
 @pytest.mark.parametrize("config", [preset(name) for name in PRESETS] + [PredictConfig(),

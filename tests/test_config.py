@@ -87,3 +87,17 @@ def test_values_of_the_wrong_type_are_errors():
 def test_every_setting_has_help_for_its_flag():
     for config_class in (TrainConfig, PredictConfig):
         assert all(field.metadata["help"] for field in dataclasses.fields(config_class))
+
+
+def test_the_recipe_table_in_the_docs_is_generated_from_the_presets():
+    from helpers import REPO
+    from unet3d.config import CHOICE_SOURCES, preset_table
+
+    table = preset_table()
+    assert table in (REPO / "docs" / "recipes.md").read_text()
+    # every setting on which two recipes differ is a row (and has its source)
+    for name in ("preactivation", "l2", "target", "loss", "predict_tta", "lr_schedule"):
+        assert f"| `{name}` |" in table
+    assert "| `seed` |" not in table and "| `run_dir` |" not in table
+    # and no source is left for a setting the recipes no longer differ on
+    assert set(CHOICE_SOURCES) == {line.split("`")[1] for line in table.splitlines()[2:]}

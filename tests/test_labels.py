@@ -105,3 +105,38 @@ def test_encode_targets():
                           get_multi_class_labels(HAND, 3, (1, 2, 4)))
     with pytest.raises(InputError, match="target"):
         encode_targets(HAND, "onehot", (1, 2, 4))
+
+
+@pytest.mark.parametrize("convention", ["brats2020", "brats2024-gli"])
+def test_classes_are_one_hot_with_background_and_argmax_inverts_them(convention):
+    from unet3d.conventions import as_convention
+    from unet3d.labels import output_names
+    from unet3d.postprocessing import probabilities_to_labels
+
+    values = as_convention(convention).values
+    truth = np.random.default_rng(3).choice(np.array((0, *values), np.uint8), (6, 5, 4))
+    classes = encode_targets(truth, "classes", convention)
+    assert classes.shape == (6, 5, 4, len(values) + 1) and classes.dtype == np.uint8
+    assert np.array_equal(classes.sum(axis=-1), np.ones(truth.shape))  # exactly one class
+    assert np.array_equal(classes[..., 0], truth == 0)
+    for channel, value in enumerate(values, start=1):
+        assert np.array_equal(classes[..., channel], truth == value)
+    assert np.array_equal(probabilities_to_labels(classes.astype(np.float32), "classes",
+                                                  convention), truth)
+    assert output_names("classes", convention) == (
+        "background", *(f"label_{v}" for v in values))
+
+
+def test_classes_decode_by_argmax_without_a_threshold():
+    from unet3d.postprocessing import probabilities_to_labels, without_postoperative
+
+    # background 0.4 beats each label but not their sum: the argmax says background
+    probabilities = np.array([[[[0.4, 0.3, 0.2, 0.1], [0.1, 0.2, 0.3, 0.4],
+                                [0.2, 0.35, 0.35, 0.1]]]], np.float32)
+    assert probabilities_to_labels(probabilities, "classes", "brats2020").tolist() == [
+        [[0, 4, 1]]]  # a tie goes to the first class
+    # brats2024-gli: the resection cavity (label 4, the last channel) zeroed before a pre-op argmax
+    postop = np.array([[[[0.1, 0.2, 0.1, 0.1, 0.5]]]], np.float32)
+    assert probabilities_to_labels(postop, "classes", "brats2024-gli").tolist() == [[[4]]]
+    pre = without_postoperative(postop, "classes", "brats2024-gli")
+    assert probabilities_to_labels(pre, "classes", "brats2024-gli").tolist() == [[[1]]]

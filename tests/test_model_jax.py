@@ -150,18 +150,20 @@ def test_prediction_and_evaluation_run_on_jax_without_tensorflow(synthetic_brats
             np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
 
 
-# Trains the paper recipe on JAX with TensorFlow unimportable (argv: store, run folder, epochs),
-# then saves the model's prediction of a fixed input (argv: inputs .npy, outputs .npy).
-TRAIN_ON_JAX = """
-import sys
-sys.modules["tensorflow"] = None  # any import of TensorFlow fails
+# Trains the paper recipe on the backend of KERAS_BACKEND (on JAX with TensorFlow unimportable;
+# argv: store, run folder, epochs), then saves the model's prediction of a fixed input (argv:
+# inputs .npy, outputs .npy).
+TRAIN = """
+import os, sys
+if os.environ["KERAS_BACKEND"] == "jax":
+    sys.modules["tensorflow"] = None  # any import of TensorFlow fails
 import keras
 import numpy as np
 from unet3d.config import preset
 from unet3d.model import load_old_model
 from unet3d.recipes import train
 
-assert keras.backend.backend() == "jax"
+assert keras.backend.backend() == os.environ["KERAS_BACKEND"]
 store, run, epochs, inputs, outputs = sys.argv[1:6]
 train(preset("paper", data_file=store, run_dir=run, patch_shape=(16, 16, 16), batch_size=1,
              steps_per_epoch=2, n_epochs=int(epochs), n_base_filters=4, precision="float32",
@@ -171,10 +173,19 @@ np.save(outputs, keras.ops.convert_to_numpy(model.predict_on_batch(np.load(input
 """
 
 
+def environment_of(backend: str) -> dict:
+    """This process's environment on `backend` (JAX on the CPU), with the repository importable."""
+    return {**os.environ, "KERAS_BACKEND": backend, "JAX_PLATFORMS": "cpu",
+            "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": os.pathsep.join(filter(None, [
+                str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
+
+
 @pytest.mark.slow
-def test_training_runs_and_resumes_on_jax_and_its_model_loads_on_tensorflow(store_path, tmp_path):
-    """The paper recipe trains on JAX without TensorFlow, a second run resumes it for one more
-    epoch, and its .keras file predicts on TensorFlow what it predicted on JAX."""
+def test_training_runs_on_jax_resumes_on_tensorflow_and_its_model_loads_there(store_path,
+                                                                               tmp_path):
+    """The paper recipe trains on JAX without TensorFlow; a second run on TensorFlow resumes its
+    checkpoint for one more epoch; the .keras file written on JAX predicts on TensorFlow what it
+    predicted on JAX."""
     import csv
     import shutil
 
@@ -183,17 +194,108 @@ def test_training_runs_and_resumes_on_jax_and_its_model_loads_on_tensorflow(stor
     shutil.copy(store_path, tmp_path / "data.h5")
     batch = np.random.default_rng(5).normal(size=(1, 16, 16, 16, 4)).astype(np.float32)
     np.save(tmp_path / "inputs.npy", batch)
-    environment = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [
-                       str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))}
-    for epochs in (2, 3):
+    for backend, epochs in (("jax", 2), ("tensorflow", 3)):
         completed = subprocess.run(
-            [sys.executable, "-c", TRAIN_ON_JAX, str(tmp_path / "data.h5"), str(tmp_path / "run"),
-             str(epochs), str(tmp_path / "inputs.npy"), str(tmp_path / "jax.npy")],
-            env=environment, capture_output=True, text=True, timeout=900)
+            [sys.executable, "-c", TRAIN, str(tmp_path / "data.h5"), str(tmp_path / "run"),
+             str(epochs), str(tmp_path / "inputs.npy"), str(tmp_path / f"{backend}.npy")],
+            env=environment_of(backend), capture_output=True, text=True, timeout=900)
         assert completed.returncode == 0, completed.stderr[-3000:]
+        if backend == "jax":
+            model = load_old_model(tmp_path / "run" / "model.keras", compile=False)
+            np.testing.assert_allclose(model.predict_on_batch(batch),
+                                       np.load(tmp_path / "jax.npy"), atol=1e-4, rtol=0)
     with open(tmp_path / "run" / "training.log") as log:
-        assert [int(row["epoch"]) for row in csv.DictReader(log)] == [0, 1, 2]
-    model = load_old_model(tmp_path / "run" / "model.keras", compile=False)
-    np.testing.assert_allclose(model.predict_on_batch(batch), np.load(tmp_path / "jax.npy"),
-                               atol=1e-4, rtol=0)
+        rows = list(csv.DictReader(log))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]  # resumed, not restarted
+
+
+# The training script on JAX with TensorFlow unimportable (argv: the script's flags).
+SCRIPT_ON_JAX = """
+import runpy, sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow fails
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+#: A few small steps of the paper recipe, two epochs kept short.
+SMALL_RUN = ["--patch_shape", "16,16,16", "--batch_size", "2", "--steps_per_epoch", "2",
+             "--n_base_filters", "4", "--workers", "0", "--precision", "float32", "--seed", "1",
+             "--validation_cases", "1", "--verbose", "0"]
+
+
+def jax_training(folder: Path, *flags: str) -> subprocess.Popen:
+    """The training script on JAX (TensorFlow unimportable) in `folder` with `flags`."""
+    script = Path(__file__).resolve().parents[1] / "brats" / "train_isensee2017.py"
+    return subprocess.Popen([sys.executable, "-c", SCRIPT_ON_JAX, str(script),
+                             "--data_file", str(folder / "data.h5"), *SMALL_RUN, *flags],
+                            cwd=folder, env=environment_of("jax"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finished(process: subprocess.Popen) -> str:
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+@pytest.mark.slow
+def test_jax_data_parallel_on_two_cpu_devices_trains_like_one_device_and_resumes_a_kill(
+        store_path, tmp_path):
+    """--strategy mirrored --cpu_replicas 2 on JAX splits each global batch of 2 over two CPU
+    devices: after an epoch, the network of one device with that batch (1e-5); killed then and
+    rerun, it resumes to what an uninterrupted run computes. (Later epochs drift apart by float
+    summation order, which Adam amplifies on near-zero gradients: 2.4e-4 after two epochs.)"""
+    import csv
+    import json
+    import shutil
+    import signal
+    import time
+
+    from unet3d.model import load_old_model
+
+    batch = np.random.default_rng(2).normal(size=(2, 16, 16, 16, 4)).astype(np.float32)
+
+    def outputs(run: str) -> np.ndarray:
+        """The run's last checkpoint on a fixed batch. (Not its weights: the biases before
+        each normalisation have no gradient, and Adam turns their float noise into steps of the
+        learning rate that change nothing the network computes.)"""
+        model = load_old_model(tmp_path / run / "model.keras.run" / "last.keras",
+                               compile=False)
+        return model.predict_on_batch(batch)
+
+    shutil.copy(store_path, tmp_path / "data.h5")
+    several_hosts = jax_training(tmp_path, "--run_dir", "hosts", "--strategy", "multi_worker")
+    output, _ = several_hosts.communicate(timeout=300)
+    assert several_hosts.returncode == 2 and "TensorFlow backend only" in output, output[-2000:]
+    one_device = ("--run_dir", "one", "--strategy", "one_device")
+    two_devices = ("--run_dir", "two", "--strategy", "mirrored", "--cpu_replicas", "2")
+    assert "1 replicas, global batch 2" in finished(jax_training(tmp_path, *one_device,
+                                                                 "--n_epochs", "1"))
+    state = tmp_path / "two" / "model.keras.run" / "state.json"
+    process = jax_training(tmp_path, *two_devices, "--n_epochs", "2")
+    while process.poll() is None and not (
+            state.exists() and json.loads(state.read_text())["epochs_done"] >= 1):
+        time.sleep(0.1)
+    assert process.poll() is None, "the run ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert json.loads(state.read_text())["epochs_done"] == 1
+    first = outputs("one")
+    np.testing.assert_allclose(outputs("two"), first, rtol=0, atol=1e-5)
+    resumed = finished(jax_training(tmp_path, *two_devices, "--n_epochs", "2"))
+    assert "2 replicas, global batch 2" in resumed and "resuming" in resumed
+    finished(jax_training(tmp_path, "--run_dir", "uninterrupted", *two_devices[2:],
+                          "--n_epochs", "2"))
+
+    def losses(run: str) -> list[float]:
+        with open(tmp_path / run / "training.log") as log:
+            rows = list(csv.DictReader(log))
+        assert [int(row["epoch"]) for row in rows] == [0, 1]
+        return [float(row["loss"]) for row in rows]
+
+    np.testing.assert_allclose(losses("two"), losses("uninterrupted"), rtol=1e-6)
+    second = outputs("uninterrupted")
+    np.testing.assert_allclose(outputs("two"), second, rtol=0, atol=1e-6)
+    print("an epoch moved the outputs by", np.abs(second - first).max())
+    assert np.abs(second - first).max() > 100 * 1e-5  # what was compared has changed

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from helpers import paper_run
-from unet3d.config import preset, to_plain
+from unet3d.config import PRESETS, preset, to_plain
 from unet3d.errors import InputError
 from unet3d.recipes import check_config
 from unet3d.runs import check_run_cases, claim_run, with_run_files
@@ -29,8 +29,8 @@ def test_the_run_files_go_to_the_run_folder_unless_placed(tmp_path):
     assert config.model_file == str(tmp_path / "r" / "model.keras")
     assert config.training_keys_file == str(tmp_path / "r" / "training_ids.pkl")
     assert config.training_log == "x.csv"  # the port's flags still place files
-    assert {preset(name).run_dir for name in ("paper", "legacy", "unet")} == {
-        "runs/paper", "runs/legacy", "runs/unet"}  # recipes never share a folder
+    assert {preset(name).run_dir for name in PRESETS} == {
+        f"runs/{name}" for name in PRESETS}  # recipes never share a folder
 
 
 def test_a_run_of_other_settings_is_refused_naming_the_differences(tmp_path):

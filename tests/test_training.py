@@ -797,3 +797,84 @@ def test_short_synthetic_run_learns(store_path, tmp_path, float32_policy):
             assert fraction < 0.25
             assert dice > 0.5
             assert dice > 3 * baseline
+
+
+# --------------------------------------------------------------------------- 10. paper2017
+
+def test_paper2017_preset_is_the_papers_recipe():
+    from unet3d.augment import AUGMENTATIONS
+    from unet3d.losses import SoftDiceLoss
+    from unet3d.recipes import build_model
+
+    config = preset("paper2017")
+    # the list (Isensee et al. 2017)
+    assert (config.model, config.patch_shape, config.batch_size) == ("isensee2017",
+                                                                     (128, 128, 128), 2)
+    assert (config.steps_per_epoch, config.n_epochs, config.initial_learning_rate,
+            config.lr_schedule) == (100, 300, 5e-4, "exponential")
+    assert exponential_decay(10, 5e-4) == pytest.approx(5e-4 * 0.985 ** 10)
+    assert config.preactivation and config.l2 == 1e-5 and not config.legacy_model
+    assert (config.target, config.loss) == ("classes", "dice")
+    assert (config.predict_whole_volume, config.predict_tta) == (True, "mirror")
+    paper = AUGMENTATIONS[config.augmentation]
+    assert paper.p_brightness == paper.p_noise == 0 and not paper.scale_per_axis
+    assert min(paper.p_rotation, paper.p_scaling, paper.p_elastic, paper.p_gamma) > 0
+    model = build_model(config, 4, 4)  # background + labels 1, 2, 4
+    assert model.count_params() == 8_269_561 + (16 + 32 + 64) + 3
+    assert len(model.losses) == sum(isinstance(layer, keras.layers.Conv3D)
+                                    for layer in model.layers)  # L2 on every kernel
+    assert isinstance(model.loss, SoftDiceLoss)
+    output = keras.ops.convert_to_numpy(model(np.random.default_rng(0).random(
+        (1, 16, 16, 16, 4), dtype=np.float32)))
+    assert output.shape == (1, 16, 16, 16, 4)
+    assert np.allclose(output.sum(axis=-1), 1.0, atol=1e-5)  # a softmax over the 4 classes
+    with pytest.raises(InputError, match="options of the isensee2017 network"):
+        check_config(preset("paper2017", model="unet3d"))
+
+
+@pytest.mark.slow
+def test_paper2017_run_learns_and_its_model_predicts_whole_volumes_mirrored(
+        store_path, synthetic_brats, tmp_path, float32_policy):
+    from unet3d.config import Inference, PredictConfig
+    from unet3d.io import read_nifti
+    from unet3d.model import read_card
+    from unet3d.prediction import predict_cases
+    from unet3d.recipes import train
+
+    config = paper_run(tmp_path / "run", store_path, "paper2017", patch_shape=(32, 32, 32),
+                       steps_per_epoch=6, n_epochs=5, n_base_filters=8,
+                       initial_learning_rate=5e-3, validation_cases=1, seed=0)
+    result = train(config)
+    losses = [row["loss"] for row in result.history]
+    assert result.epochs_done == 5 and losses[-1] < losses[0], losses
+    assert {"label_1_dice_coef", "label_3_dice_coef"} <= set(result.history[0])
+    card = read_card(tmp_path / "run" / "m.keras")
+    assert card.target == "classes" and card.output_names == (
+        "background", "label_1", "label_2", "label_4")
+    assert card.inference == Inference(whole_volume=True, tta="mirror")
+    lines = []
+    report = predict_cases(tmp_path / "run" / "m.keras", synthetic_brats, tmp_path / "out",
+                           PredictConfig(probabilities=True), progress=lines.append)
+    assert not report.failed and len(report.done) == 4
+    assert lines[0] == "predicting with one whole-volume pass, test-time augmentation mirror"
+    case = report.done[0]
+    labels = read_nifti(tmp_path / "out" / f"{case}.nii.gz")[0]
+    assert set(np.unique(labels)) <= {0, 1, 2, 4}
+    classes = np.stack([read_nifti(tmp_path / "out" / f"{case}_{name}.nii.gz")[0]
+                        for name in card.output_names], axis=-1)
+    predicted = classes.sum(axis=-1) > 0  # the brain box; outside it nothing is predicted
+    assert np.allclose(classes.sum(axis=-1)[predicted], 1.0, atol=1e-4)
+    lookup = np.array((0, 1, 2, 4))
+    assert np.array_equal(labels[predicted], lookup[np.argmax(classes, axis=-1)][predicted])
+
+
+def test_auto_precision_on_a_gpu_trains_mixed_float16_with_loss_scaling(monkeypatch,
+                                                                         float32_policy):
+    from unet3d import distribution
+    from unet3d.recipes import build_model
+
+    monkeypatch.setattr(distribution, "has_gpu", lambda: True)
+    assert distribution.set_precision("auto") == "mixed_float16"
+    model = build_model(preset("paper", n_base_filters=2), 4, 3)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert model.compute_dtype == "float16" and model.outputs[0].dtype == "float32"

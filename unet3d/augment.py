@@ -232,6 +232,16 @@ class AugmentConfig:
             raise InputError(f"AugmentConfig.mirror_axes={self.mirror_axes}: axes are 0, 1, 2")
 
 
+#: The augmentations a recipe names (`TrainConfig.augmentation`): nnU-Net's BraTS settings, and
+#: the paper's list (Isensee et al. 2017: rotation, scaling, elastic deformation, gamma,
+#: mirroring; no brightness or noise, one scale for all axes: nnU-Net added those later). The
+#: paper gives no probabilities or ranges: nnU-Net's are kept for what it lists.
+AUGMENTATIONS: dict[str, AugmentConfig] = {
+    "nnunet": AugmentConfig(),
+    "paper2017": AugmentConfig(scale_per_axis=False, p_brightness=0.0, p_noise=0.0),
+}
+
+
 @dataclasses.dataclass
 class SpatialTransform:
     """Output voxel o of a patch -> source coordinate centre + matrix @ (o - patch centre) + d(o).

@@ -41,6 +41,8 @@ flags.DEFINE_boolean("tensorflow_log", False, "Show TensorFlow's own information
 HELP_FLAGS = ("help", "?", "helpshort", "helpfull", "helpxml")
 #: What each training recipe is, for the --preset help.
 PRESET_HELP = {"paper": "Isensee 2017 with nnU-Net's region training",
+               "paper2017": "Isensee 2017 as published (softmax, multiclass Dice, L2, "
+                            "pre-activation blocks, whole-volume mirrored prediction)",
                "legacy": "the Keras-2 port's config", "unet": "the port's plain 3D U-Net"}
 
 
@@ -148,7 +150,7 @@ def define_flags(config_class: type, defaults, flag_values: flags.FlagValues = F
         if only is not None and field.name not in only:
             continue
         default = getattr(defaults, field.name)
-        if hints[field.name] is bool:
+        if hints[field.name] in (bool, Optional[bool]):  # None: --name and --noname not given
             flags.DEFINE_boolean(field.name, default, help_text(field, default),
                                  flag_values=flag_values)
         else:

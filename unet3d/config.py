@@ -26,13 +26,17 @@ from unet3d.conventions import ALIASES, CONVENTIONS
 from unet3d.errors import InputError
 
 MODELS = ("isensee2017", "unet3d")
-TARGETS = ("regions", "labels")
+#: Network outputs: the convention's nested regions (sigmoids), one sigmoid per label value (the
+#: port), or a softmax over background and each label value (the paper 2017), `unet3d.labels`.
+TARGETS = ("regions", "labels", "classes")
 LOSSES = ("bce_dice", "dice", "weighted_dice", "dice_coefficient")
 SCHEDULES = ("exponential", "step", "plateau", "poly", "constant")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 WEIGHTINGS = ("gaussian", "constant")
 TTA_MODES = ("none", "mirror", "permute")
+#: The random-patch augmentations (`unet3d.augment.AUGMENTATIONS`).
+AUGMENTATIONS = ("nnunet", "paper2017")
 #: Where the network runs at prediction, and in which precision (`unet3d.runtimes`).
 RUNTIMES = ("keras", "onnxruntime", "openvino")
 INFERENCE_PRECISIONS = ("float32", "bfloat16", "auto")
@@ -163,9 +167,16 @@ class TrainConfig:
                                          "plateau schedule drops the rate.", interval="[0, inf)")
     early_stopping_patience: int | None = option(None, "Stop after this many epochs without a "
                                                  "better val_loss.", none="never stop early", interval="[0, inf)")
+    preactivation: bool = option(False, "Isensee network: context modules as pre-activation "
+                                 "residual blocks (norm, leaky ReLU, conv; the paper) instead of "
+                                 "the port's conv-norm-activation.")
+    l2: float = option(0.0, "L2 weight decay on every convolution kernel, added to the loss (the "
+                       "paper: 1e-5).", interval="[0, inf)")
     target: str = option("regions", "Network outputs: the convention's nested regions (nnU-Net; "
-                         "WT/TC/ET, and RC, CC or GTV where the convention has them), or one "
-                         "channel per label value (the port).", choices=TARGETS)
+                         "WT/TC/ET, and RC, CC or GTV where the convention has them), one "
+                         "channel per label value (the port), or classes: a softmax over "
+                         "background and each label value, decoded by argmax (the paper).",
+                         choices=TARGETS)
     convention: str | None = option(
         None, "The BraTS release or task of the store's truths: its labels and the regions "
         "trained on (docs/real_brats_data.md; --labels of unet3d 0.2 still works).",
@@ -176,6 +187,11 @@ class TrainConfig:
                        "port's plain U-Net).", choices=LOSSES)
     augment: bool = option(True, "Augment the training patches (the paper's spatial and "
                            "intensity augmentation; the port's scaling and flips on its grid).")
+    augmentation: str = option("nnunet", "Random-patch augmentation of --augment: nnunet "
+                               "(rotation, per-axis scaling, elastic, mirroring, gamma, "
+                               "brightness, noise; nnU-Net's BraTS probabilities) or paper2017 "
+                               "(the paper's list: rotation, scaling, elastic, gamma, "
+                               "mirroring).", choices=AUGMENTATIONS)
     permute: bool = option(False, "Apply one of the 48 cube permutations to each sample (the "
                            "port; cubic samples only).")
     training_patch_start_offset: tuple[int, int, int] | None = option(
@@ -184,6 +200,13 @@ class TrainConfig:
     skip_blank: bool = option(False, "Leave out patches without tumour (the port).")
     data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
                                "drawn (1.0: no validation).", interval="(0, 1]")
+    predict_whole_volume: bool = option(False, "How the model predicts by default (recorded "
+                                        "in its card; brats/predict.py --whole_volume or "
+                                        "--patch_shape override it): one whole-volume pass "
+                                        "instead of sliding windows of the patch.")
+    predict_tta: str = option("none", "Test-time augmentation the model predicts with by "
+                              "default (recorded in its card; brats/predict.py --tta overrides "
+                              "it).", choices=TTA_MODES)
     precision: str = option("auto", "auto: mixed_float16 on GPUs, mixed_bfloat16 on CPUs with "
                             "bfloat16 units, else float32.", choices=PRECISIONS)
     strategy: str = option("auto", "auto: multi_worker when TF_CONFIG is set, mirrored with "
@@ -203,6 +226,12 @@ class TrainConfig:
 #: What each recipe changes in `TrainConfig`'s defaults (the paper recipe).
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
+    # Isensee et al. 2017 as published: pre-activation context modules, L2 1e-5, softmax over
+    # the labels with the multiclass soft Dice, the paper's augmentation, whole-volume
+    # prediction with mirroring; its other choices are the paper recipe's defaults.
+    "paper2017": dict(run_dir="runs/paper2017", preactivation=True, l2=1e-5, target="classes",
+                      loss="dice", augmentation="paper2017", predict_whole_volume=True,
+                      predict_tta="mirror"),
     # The legacy port's brats/train_isensee2017.py config: whole 128^3 resampled images.
     "legacy": dict(run_dir="runs/legacy", data_file="brats_data_128.h5", validation="patches",
                    legacy_model=True,
@@ -219,6 +248,65 @@ PRESETS: dict[str, dict[str, Any]] = {
                  target="labels", loss="dice_coefficient", n_base_filters=32, augment=False,
                  training_patch_start_offset=(16, 16, 16), skip_blank=True),
 }
+
+
+#: Where each choice of the recipes comes from: the settings on which they differ, with the
+#: papers and the port's scripts behind each value (`preset_table`, docs/recipes.md).
+#: paper2017 = Isensee et al. 2017 (LNCS 10670); nnU-Net = Isensee et al.'s BraTS 2020 entry
+#: (nnU-Net's region training); port = the legacy Keras 2 scripts (brats/train_isensee2017.py,
+#: brats/train.py).
+CHOICE_SOURCES: dict[str, str] = {
+    "data_file": "the port's store names (brats_data.h5 resampled to 128^3 or 144^3); the "
+                 "papers crop each brain at native resolution",
+    "model": "the paper's network; the port's plain 3D U-Net (Cicek et al. 2016) for unet",
+    "legacy_model": "the port's leaky ReLU slope 0.3 and epsilon 1e-3; the paper: 0.01, 1e-5",
+    "n_base_filters": "the paper: 16; the port's unet: 32",
+    "image_shape": "the port resamples whole images to 128^3 (isensee) or 144^3 (unet); the "
+                   "papers crop the brain",
+    "patch_shape": "the paper and nnU-Net: random 128^3 patches; the port: whole 128^3 images or "
+                   "64^3 grid patches",
+    "random_patches": "the paper (nnU-Net: a third centred on tumour); the port: a patch grid",
+    "batch_size": "the paper: 2 (nnU-Net's BraTS 2020 entry: 5, kept at 2 here); the port: 1, 6",
+    "validation": "this package: whole cases scored as BraTS does; the port: val_loss on patches",
+    "validation_batch_size": "the port's scripts",
+    "steps_per_epoch": "the paper: 100 batches an epoch; the port: one pass over its grid",
+    "n_epochs": "the paper: 300; the port: 500 with early stopping",
+    "initial_learning_rate": "the paper: Adam 5e-4; the port's unet: 1e-5",
+    "lr_schedule": "the paper: x 0.985 per epoch; the port: halve on a 10-epoch plateau",
+    "early_stopping_patience": "the port: 50 epochs",
+    "preactivation": "the paper's context modules (pre-activation residual blocks); the port "
+                     "activates after each convolution (nnU-Net's recipe keeps the port's "
+                     "network here)",
+    "l2": "the paper: weight decay 1e-5",
+    "target": "the paper: softmax over the labels; nnU-Net: sigmoid regions WT/TC/ET; the "
+              "port: a sigmoid per label",
+    "loss": "the paper: multiclass soft Dice; nnU-Net: BCE + soft Dice per region; the port: "
+            "its weighted Dice (isensee) and Dice coefficient (unet)",
+    "augment": "the paper and nnU-Net augment on the fly; the port's scripts did not",
+    "augmentation": "the paper's list (rotation, scaling, elastic, gamma, mirroring); nnU-Net's "
+                    "BraTS settings add brightness, noise and per-axis scaling",
+    "permute": "the port's isensee config (the 48 cube permutations)",
+    "training_patch_start_offset": "the port's scripts",
+    "skip_blank": "the port's scripts",
+    "predict_whole_volume": "the paper: one whole-volume pass; nnU-Net: sliding windows",
+    "predict_tta": "the paper: mirroring; others: none unless --tta is given at prediction",
+}
+
+
+def preset_table() -> str:
+    """A markdown table of the recipes (`PRESETS`) side by side on the settings where they
+    differ, each with its source (`CHOICE_SOURCES`); docs/recipes.md holds it."""
+    from unet3d.cli import format_value  # the command-line text of each value
+
+    configs = {name: preset(name) for name in PRESETS}
+    rows = [f"| setting | {' | '.join(configs)} | source |",
+            f"|---|{'---|' * len(configs)}---|"]
+    for field in dataclasses.fields(TrainConfig):
+        values = [format_value(getattr(config, field.name)) for config in configs.values()]
+        if len(set(values)) > 1 and field.name != "run_dir":  # runs/<recipe>
+            rows.append(f"| `{field.name}` | {' | '.join(values)} | "
+                        f"{CHOICE_SOURCES[field.name]} |")
+    return "\n".join(rows) + "\n"
 
 
 def preset(name: str, **overrides) -> TrainConfig:
@@ -239,13 +327,18 @@ class PredictConfig:
 
     patch_shape: tuple[int, int, int] | None = option(
         None, "Sliding window, e.g. 128,128,128.", none="the training patch (model card)", interval="[1, inf)")
-    whole_volume: bool = option(False, "One pass over the whole brain box instead of sliding "
-                                "windows (the most memory).")
+    whole_volume: bool | None = option(None, "One pass over the whole brain box instead of "
+                                       "sliding windows (the most memory); --nowhole_volume: "
+                                       "sliding windows.", none="the model card's (sliding "
+                                       "windows unless its recipe predicts whole volumes, as "
+                                       "paper2017 does; windows when --patch_shape is given)")
     step: float = option(0.5, "Window step, a fraction of the window in (0, 1].", interval="(0, 1]")
     weighting: str = option("gaussian", "Weights of each window's prediction: gaussian "
                             "(nnU-Net's, sigma = window / 8) or constant.", choices=WEIGHTINGS)
-    tta: str = option("none", "Test-time augmentation: mirror (the 8 flips, 8x the time) or "
-                      "permute (the port's 48 permutations, cubic windows).", choices=TTA_MODES)
+    tta: str = option("auto", "Test-time augmentation: mirror (the 8 flips, 8x the time), "
+                      "permute (the port's 48 permutations, cubic windows), none, or auto: the "
+                      "model card's (mirror for the paper2017 recipe, else none).",
+                      choices=("auto", *TTA_MODES))
     batch_size: int = option(1, "Windows per model call.", interval="[1, inf)")
     runtime: str = option("keras", "What runs the network: Keras, or its ONNX graph in "
                           "onnxruntime or openvino (pip install -e .[onnx] or .[openvino]); "
@@ -279,6 +372,27 @@ class PredictConfig:
     image_shape: tuple[int, int, int] | None = option(
         None, "The resampled shape of the port's store the model was trained on. Only for a "
         "model without a card.", none="the model card's (without a card: the brain crop)", interval="[1, inf)")
+
+
+    def resolved(self, inference: "Inference | None" = None) -> "PredictConfig":
+        """This config with what it leaves to the model (`whole_volume` None, `tta` "auto")
+        taken from `inference` (the model card's; default: sliding windows, no TTA). A window
+        given (`patch_shape`) means sliding windows."""
+        inference = inference or Inference()
+        whole = self.whole_volume
+        if whole is None:
+            whole = inference.whole_volume and self.patch_shape is None
+        return dataclasses.replace(self, whole_volume=whole,
+                                   tta=inference.tta if self.tta == "auto" else self.tta)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inference:
+    """How a model predicts unless told otherwise, recorded in its card (`ModelCard.inference`)
+    from its recipe's `predict_whole_volume` and `predict_tta`."""
+
+    whole_volume: bool = TrainConfig.predict_whole_volume
+    tta: str = TrainConfig.predict_tta
 
 
 @dataclasses.dataclass

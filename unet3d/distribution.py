@@ -1,8 +1,9 @@
 """Devices, distribution and precision for training.
 
 - `make_strategy`: one device, `MirroredStrategy` over the visible GPUs (or the CPU split into
-  logical devices), or `MultiWorkerMirroredStrategy` across hosts when `TF_CONFIG` is set; None on
-  backends other than TensorFlow. `is_chief`: whether this process writes (checkpoints, logs,
+  logical devices), or `MultiWorkerMirroredStrategy` across hosts when `TF_CONFIG` is set; on JAX,
+  `keras.distribution.DataParallel` over the local devices (`DataParallelStrategy`); None for one
+  device on the other backends. `is_chief`: whether this process writes (checkpoints, logs,
   splits).
 - `set_precision`: `mixed_float16` on GPUs, `mixed_bfloat16` on CPUs with bfloat16 units, float32
   otherwise; model outputs and losses stay float32.
@@ -37,15 +38,59 @@ def _tensorflow():
     return tf
 
 
+class DataParallelStrategy:
+    """The JAX path's counterpart of a `tf.distribute` strategy: `keras.distribution.DataParallel`
+    over `devices` (each batch split along its first axis, the variables replicated, the
+    gradients averaged), with the two members training uses: `scope()` (build and fit inside it)
+    and `num_replicas_in_sync`."""
+
+    def __init__(self, devices: list):
+        self.devices = list(devices)
+        self.distribution = keras.distribution.DataParallel(devices=self.devices)
+        self.num_replicas_in_sync = len(self.devices)
+
+    def scope(self):
+        return self.distribution.scope()
+
+
+def _jax_strategy(name: str, cpu_replicas: int) -> DataParallelStrategy | None:
+    """`make_strategy` on JAX: None (one device) or data parallel over the local devices."""
+    import jax
+
+    if name == "multi_worker":
+        raise InputError("--strategy multi_worker (several hosts) runs on the TensorFlow backend "
+                         "only for now; on JAX use one host's devices (--strategy mirrored)")
+    if cpu_replicas > 1:
+        try:
+            jax.config.update("jax_num_cpu_devices", cpu_replicas)
+        except RuntimeError:
+            raise InputError("cpu_replicas must be set before JAX starts (call make_strategy "
+                             "first)") from None
+    devices = jax.local_devices()
+    if name == "auto":
+        name = "mirrored" if len(devices) > 1 else "one_device"
+    if name == "one_device":
+        return None
+    if name == "mirrored":
+        return DataParallelStrategy(devices)
+    raise InputError(f"unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+
+
 def make_strategy(name: str = "auto", cpu_replicas: int = 1):
-    """A `tf.distribute` strategy: "auto" (multi_worker if TF_CONFIG is set, mirrored with several
-    GPUs, else one_device), "one_device", "mirrored" (all GPUs, or the CPU split into
-    `cpu_replicas` logical devices when there is none) or "multi_worker". None on other backends.
-    Call it before TensorFlow runs anything (the CPU split must come first)."""
+    """How training is spread over devices. TensorFlow: a `tf.distribute` strategy: "auto"
+    (multi_worker if TF_CONFIG is set, mirrored with several GPUs, else one_device),
+    "one_device", "mirrored" (all GPUs, or the CPU split into `cpu_replicas` logical devices when
+    there is none) or "multi_worker". JAX: "mirrored" (and "auto" with several local devices) is
+    a `DataParallelStrategy` over the local devices (GPUs, or `cpu_replicas` CPU devices), else
+    None (one device); several hosts are refused. Other backends: None. Call it before the
+    backend runs anything (the CPU split must come first)."""
+    if keras.backend.backend() == "jax":
+        return _jax_strategy(name, cpu_replicas)
     tf = _tensorflow()
     if tf is None:
         if name not in ("auto", "one_device"):
-            raise InputError(f"--strategy {name} needs the TensorFlow backend (KERAS_BACKEND)")
+            raise InputError(f"--strategy {name} needs the TensorFlow or JAX backend "
+                             "(KERAS_BACKEND)")
         return None
     n_gpus = len(tf.config.list_physical_devices("GPU"))  # listing does not start TensorFlow
     if name == "auto":

@@ -143,11 +143,13 @@ def predict_with_tta(predictor: Predictor, batch: np.ndarray, transforms: Sequen
 
 def model_predictor(model: keras.Model) -> Predictor:
     """A predictor calling `model` on one batch (deep-supervision models: the full-resolution
-    output). A model built under a tf.distribute strategy of several replicas (training's) is
-    called directly: Keras' predict would split each batch over the replicas and workers."""
+    output). A model built under a tf.distribute strategy of several replicas, or called while a
+    Keras distribution is in effect (training's, on JAX), is called directly: Keras' predict
+    would split each batch over the replicas and workers."""
     strategy = getattr(model, "distribute_strategy", None)
     direct = strategy is not None and type(strategy).__name__ not in (
         "_DefaultDistributionStrategy", "OneDeviceStrategy")
+    direct = direct or keras.distribution.distribution() is not None
 
     def predict_batch(batch: np.ndarray) -> np.ndarray:
         batch = batch.astype(np.float32, copy=False)
@@ -230,7 +232,9 @@ def predict_volume(model: keras.Model | Predictor, image: np.ndarray, config: Pr
                    divisor: int | None = None) -> np.ndarray:
     """Probabilities (x, y, z, k) of one image (x, y, z, c) in the model's space, by sliding
     windows of `config.patch_shape`, or one whole-volume pass (`config.whole_volume`) padded to
-    multiples of `divisor` (see `whole_volume_inference`)."""
+    multiples of `divisor` (see `whole_volume_inference`). What `config` leaves to the model
+    (`PredictConfig.resolved`) is sliding windows without TTA here."""
+    config = config.resolved()
     if config.whole_volume:
         return whole_volume_inference(image, model, divisor, config.tta)
     if config.patch_shape is None:

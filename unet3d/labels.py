@@ -1,9 +1,11 @@
 """Label encodings: BraTS label maps <-> the channels a network is trained on.
 
-Two encodings, both channels-last (the channel axis is appended after the spatial axes):
+Three encodings, all channels-last (the channel axis is appended after the spatial axes):
 
 - raw labels (the legacy port): channel i = (label == labels[i]); with BraTS labels (1, 2, 4)
   that is NCR/NET, ED, ET. `get_multi_class_labels` keeps the port's name.
+- classes (Isensee et al. 2017): one-hot over background and each label value, for a softmax:
+  channel 0 = background, channel i + 1 = (label == labels[i]); exactly one channel is 1.
 - nested regions (the paper recipe, nnU-Net's region-based training): the convention's regions
   in order, e.g. WT, TC, ET up to 2023, WT, TC, ET, RC for brats2024-gli
   (`unet3d.conventions`: `encode` and its exact inverse `decode`).
@@ -76,15 +78,20 @@ def encode_targets(truth: np.ndarray, target: str, convention: ConventionLike) -
         return encode(truth, convention)
     if target == "labels":
         return get_multi_class_labels(truth, len(convention.values), convention.values)
-    raise InputError(f"unknown target encoding {target!r}: use 'regions' or 'labels'")
+    if target == "classes":
+        labels = get_multi_class_labels(truth, len(convention.values), convention.values)
+        background = (labels.sum(axis=-1, dtype=np.uint8) == 0)[..., np.newaxis]
+        return np.concatenate([background.astype(np.uint8), labels], axis=-1)
+    raise InputError(f"unknown target encoding {target!r}: use one of regions, labels, classes")
 
 
 def output_names(target: str, convention: ConventionLike) -> tuple[str, ...]:
     """Names of the network's output channels: the region names (wt, tc, et, ...) for regions,
-    label_<value> for labels."""
+    label_<value> for labels, background and label_<value> for classes."""
     convention = as_convention(convention)
     if target == "regions":
         return convention.region_names
-    if target == "labels":
-        return tuple(f"label_{value}" for value in convention.values)
-    raise InputError(f"unknown target encoding {target!r}: use 'regions' or 'labels'")
+    if target in ("labels", "classes"):
+        labels = tuple(f"label_{value}" for value in convention.values)
+        return ("background", *labels) if target == "classes" else labels
+    raise InputError(f"unknown target encoding {target!r}: use one of regions, labels, classes")

@@ -3,7 +3,8 @@
 - `probabilities_to_labels`: region probabilities -> labels of the convention
   (`unet3d.conventions.decode`: for WT/TC/ET, ET -> the ET label, TC minus ET -> NCR/NET, WT
   minus TC -> ED), or one channel per label by the legacy port's rule (`get_prediction_labels`:
-  argmax + 1, 0 below the threshold).
+  argmax + 1, 0 below the threshold), or a softmax over background and the labels by argmax
+  (Isensee et al. 2017).
 - `remove_small_enhancing`: a tiny predicted enhancing tumour becomes necrosis, for the
   conventions that name such a rule (`Convention.small_et`; BraTS scores an empty ET as perfect
   on cases without one).
@@ -45,14 +46,18 @@ def probabilities_to_labels(probabilities: np.ndarray, target: str = "regions",
                             convention: ConventionLike = DEFAULT_CONVENTION,
                             threshold: float = 0.5) -> np.ndarray:
     """Label map, uint8 (x, y, z), from probabilities (x, y, z, k): the convention's regions
-    (`target="regions"`, decoded in order) or one channel per label value (`target="labels"`,
-    the legacy rule)."""
+    (`target="regions"`, decoded in order), one channel per label value (`target="labels"`,
+    the legacy rule) or background and one channel per label value (`target="classes"`: the
+    argmax, `threshold` unused)."""
     convention = as_convention(convention)
     if target == "regions":
         return regions_to_labels(probabilities, convention, threshold)
     if target == "labels":
         return get_prediction_labels(probabilities[np.newaxis], threshold, convention.values)[0]
-    raise InputError(f"unknown target {target!r}: 'regions' or 'labels'")
+    if target == "classes":
+        lookup = np.array((0, *convention.values), dtype=np.uint8)
+        return lookup[np.argmax(probabilities, axis=-1)]
+    raise InputError(f"unknown target {target!r}: one of regions, labels, classes")
 
 
 def remove_small_enhancing(label_map: np.ndarray, convention: ConventionLike = DEFAULT_CONVENTION,
@@ -84,8 +89,9 @@ def without_postoperative(probabilities: np.ndarray, target: str,
     if target == "regions":
         channels = [k for k, region in enumerate(convention.regions)
                     if set(region.labels) <= after]
-    else:
-        channels = [k for k, value in enumerate(convention.values) if value in after]
+    else:  # labels; classes after the background channel
+        first = 1 if target == "classes" else 0
+        channels = [first + k for k, value in enumerate(convention.values) if value in after]
     if not channels:
         return probabilities
     out = probabilities.copy()

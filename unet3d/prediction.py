@@ -136,9 +136,11 @@ def complete_config(model_file: str | os.PathLike, model: keras.Model, config: P
 
     The window is `config.patch_shape`, else the card's training patch; a model trained on whole
     volumes (no patch) predicts in one whole-volume pass, a model of a fixed input size in
-    windows of that size.
+    windows of that size. What `config` leaves to the model (`whole_volume` None, `tta` "auto")
+    is the card's `inference` (its recipe's choice, e.g. paper2017: whole volume, mirroring).
     """
     card = card or model_card(model_file, model, config)
+    config = config.resolved(card.inference)
     channels = model.input_shape[-1]
     if channels is not None and channels != len(card.modalities):
         raise InputError(f"{model_file} takes {channels} input channels but "
@@ -329,6 +331,9 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     model, card, config = load_for_prediction(model_file, config)
     cases = find_cases(input_dir)
     run = network(model, config)
+    window = ("one whole-volume pass" if config.whole_volume else
+              f"sliding windows of {','.join(map(str, config.patch_shape))}")
+    progress(f"predicting with {window}, test-time augmentation {config.tta}")
     n4, folder_convention = input_preprocessing(card, config, input_dir, progress)
     input_convention(card, cases, input_dir, folder_convention, progress)
     output_dir = Path(output_dir)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import keras
 
-from unet3d.augment import AugmentConfig
+from unet3d.augment import AUGMENTATIONS
 from unet3d.brats import MODALITIES
-from unet3d.config import (LOSSES, MODELS, PredictConfig, TrainConfig, check_intervals,
-                           to_plain)
+from unet3d.config import (LOSSES, MODELS, Inference, PredictConfig, TrainConfig,
+                           check_intervals, to_plain)
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import check_memory, has_gpu, is_chief, make_strategy, set_precision
@@ -61,6 +61,9 @@ def check_config(config: TrainConfig) -> None:
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
     if config.convention is not None:
         as_convention(config.convention)
+    if config.model != "isensee2017" and (config.preactivation or config.l2):
+        raise InputError(f"--preactivation and --l2 are options of the isensee2017 network, not "
+                         f"of {config.model}: leave them out")
     watched = (config.lr_schedule == "plateau") or bool(config.early_stopping_patience)
     if watched and config.validation_every > 1 and config.validation == "cases":
         raise InputError("the plateau schedule and early stopping watch the validation score "
@@ -137,25 +140,29 @@ def _loss(config: TrainConfig):
 def _metrics(config: TrainConfig, n_labels: int) -> list:
     if config.target == "regions":
         return region_dice_metrics(output_names(config.target, config.convention))
-    return [dice_coefficient, *(LabelDiceCoefficient(i) for i in range(n_labels))]
+    first = 1 if config.target == "classes" else 0  # not the background
+    return [dice_coefficient, *(LabelDiceCoefficient(i) for i in range(first, n_labels))]
 
 
 def build_model(config: TrainConfig, n_channels: int, n_labels: int) -> keras.Model:
     """The compiled network of `config` for inputs of `n_channels` and `n_labels` outputs (the
-    convention's regions or labels), fully convolutional."""
+    convention's regions or labels, or background and the labels under a softmax for
+    `target="classes"`), fully convolutional."""
     input_shape = (None, None, None, n_channels)
     optimizer = keras.optimizers.Adam(learning_rate=config.initial_learning_rate)
+    activation = "softmax" if config.target == "classes" else "sigmoid"
     if config.model == "isensee2017":
         return isensee2017_model(input_shape, n_base_filters=config.n_base_filters,
                                  n_labels=n_labels, optimizer=optimizer,
                                  initial_learning_rate=config.initial_learning_rate,
                                  loss_function=_loss(config), metrics=_metrics(config, n_labels),
-                                 legacy=config.legacy_model)
+                                 legacy=config.legacy_model, activation_name=activation,
+                                 preactivation=config.preactivation, l2=config.l2)
     if config.model == "unet3d":
         return unet_model_3d(input_shape, n_labels=n_labels,
                              initial_learning_rate=config.initial_learning_rate,
                              deconvolution=config.deconvolution, loss_function=_loss(config),
-                             n_base_filters=config.n_base_filters,
+                             n_base_filters=config.n_base_filters, activation_name=activation,
                              metrics=_metrics(config, n_labels))
     raise InputError(f"unknown model {config.model!r}: choose one of {', '.join(MODELS)}")
 
@@ -169,7 +176,8 @@ def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
     if config.random_patches:
         train = RandomPatchDataset(store, training, config.patch_shape, global_batch,
                                    config.steps_per_epoch,
-                                   augment=AugmentConfig() if config.augment else None, **common)
+                                   augment=AUGMENTATIONS[config.augmentation]
+                                   if config.augment else None, **common)
     else:
         train = PatchListDataset(store, training, global_batch, patch_shape=config.patch_shape,
                                  patch_start_offset=config.training_patch_start_offset,
@@ -206,6 +214,7 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
                      outputs=output_names(config.target, convention),
                      patch_shape=config.patch_shape or store.space.image_shape,
                      space=store.space, preprocessing=store.preprocessing, spacing=store.spacing,
+                     inference=Inference(config.predict_whole_volume, config.predict_tta),
                      training=TrainingRecord(config.data_file, config.training_keys_file,
                                              config.validation_keys_file, to_plain(config)))
 

@@ -16,8 +16,9 @@ unet3d 0.1 wrote there (converted; they did not record the N4 settings or the vo
 card copy there belongs to a file that was replaced since, and is refused.
 
 Schema versions: 1 (unet3d 0.2), 2 (adds the convention: the BraTS release or task whose labels
-and regions the model was trained on). Schema 1 cards are read with the convention of their
-labels (1, 2, 4: brats2020; 1, 2, 3: brats2023-gli). A card of a newer schema is refused with
+and regions the model was trained on), 3 (adds `inference`: how the model predicts by default).
+Schema 1 cards are read with the convention of their labels (1, 2, 4: brats2020; 1, 2, 3:
+brats2023-gli); schema 1 and 2 cards predict as every model did then (sliding windows, no TTA). A card of a newer schema is refused with
 what to do; a card that misses a field, has an unknown one, or a value of the wrong type or out
 of range is refused naming the file, never filled with a default.
 """
@@ -33,7 +34,7 @@ from typing import Any
 
 import unet3d
 from unet3d.brats import MODALITIES
-from unet3d.config import TARGETS, from_plain, to_plain
+from unet3d.config import TARGETS, TTA_MODES, Inference, from_plain, to_plain
 from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels, get_convention
 from unet3d.errors import InputError
 from unet3d.atomic import atomic_write
@@ -41,7 +42,7 @@ from unet3d.labels import output_names
 from unet3d.model_space import ModelSpace
 from unet3d.preprocessing import PreprocessConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: The member of the `.keras` zip archive holding the card.
 CARD_MEMBER = "unet3d_card.json"
 
@@ -80,6 +81,8 @@ class ModelCard:
     outputs: the output channels' names when it was trained (e.g. wt, tc, et, rc), checked
         against the convention's when read, so that a changed registry entry cannot decode an
         old model wrongly; () for a model described by flags.
+    inference: how it predicts unless told otherwise (`unet3d.config.Inference`: whole volume or
+        sliding windows of the patch, and the test-time augmentation), its recipe's choice.
     unet3d_version: the version that wrote the card.
     schema_version: the card format (`SCHEMA_VERSION`).
     """
@@ -95,6 +98,7 @@ class ModelCard:
     spacing: tuple[float, float, float] | None
     training: TrainingRecord | None
     outputs: tuple[str, ...] = ()
+    inference: Inference = Inference()
     unet3d_version: str = unet3d.__version__
     schema_version: int = SCHEMA_VERSION
 
@@ -130,11 +134,13 @@ def card_from_dict(data: Any, source: str) -> ModelCard:
         raise InputError(f"{source}: a model card of schema {version}, written by unet3d "
                          f"{data.get('unet3d_version', '?')}; this unet3d ({unet3d.__version__}) "
                          f"reads schema {SCHEMA_VERSION}: upgrade unet3d")
-    if version == 2 and isinstance(data, dict) and "outputs" not in data:  # before 0.2.0
+    if version == 2 and "outputs" not in data:  # before 0.2.0
         data = {**data, "outputs": []}
     if version == 1 and isinstance(data.get("labels"), list) and "convention" not in data:
-        data = {**data, "schema_version": SCHEMA_VERSION, "outputs": [],
+        data = {**data, "schema_version": 2, "outputs": [],
                 "convention": _convention_of_labels(data["labels"], source)}
+    if data["schema_version"] == 2 and "inference" not in data:
+        data = {**data, "schema_version": SCHEMA_VERSION, "inference": to_plain(Inference())}
     card = from_plain(ModelCard, data, source)
     check_card(card, source)
     return card
@@ -145,6 +151,9 @@ def check_card(card: ModelCard, source: str) -> None:
     problems = []
     if card.target not in TARGETS:
         problems.append(f"target {card.target!r} is not one of {', '.join(TARGETS)}")
+    if card.inference.tta not in TTA_MODES:
+        problems.append(f"inference tta {card.inference.tta!r} is not one of "
+                        f"{', '.join(TTA_MODES)}")
     unknown = sorted(set(card.modalities) - set(MODALITIES))
     if not card.modalities or unknown or len(set(card.modalities)) != len(card.modalities):
         problems.append(f"modalities {list(card.modalities)} are not distinct modalities of "
