@@ -78,16 +78,18 @@ def mode_config(mode: str) -> PredictConfig:
     return PredictConfig(patch_shape=patch, step=FLAGS.step, batch_size=FLAGS.batch_size, tta=tta)
 
 
-def evaluated_flops(image: np.ndarray, config: PredictConfig) -> tuple[float, int]:
-    """Convolution FLOPs of one prediction of `image` and the number of model calls."""
+def evaluated_flops(image: np.ndarray, config: PredictConfig, n_labels: int
+                    ) -> tuple[float, int]:
+    """Convolution FLOPs of one prediction of `image` by an Isensee network of `n_labels`
+    outputs, and the number of model calls."""
     if config.whole_volume:
         padded = [int(np.ceil(n / 16)) * 16 for n in image.shape[:3]]
-        model = isensee2017_model((*padded, 4), n_labels=3)
+        model = isensee2017_model((*padded, 4), n_labels=n_labels)
         return conv_flops(model), 1
     shape = [max(n, p) for n, p in zip(image.shape[:3], config.patch_shape)]
     windows = len(window_corners(shape, config.patch_shape, config.step))
     passes = windows * (8 if config.tta == "mirror" else 1)
-    model = isensee2017_model((*config.patch_shape, 4), n_labels=3)
+    model = isensee2017_model((*config.patch_shape, 4), n_labels=n_labels)
     return conv_flops(model) * passes, int(np.ceil(windows / config.batch_size)) * (passes // windows)
 
 
@@ -132,7 +134,8 @@ def timing_table(image: np.ndarray, predictors: dict) -> None:
     seconds = {(pair, mode): [] for pair in predictors for mode in configs}
     for (pair, mode) in seconds:  # warm-up: tracing, graph compilation
         probabilities = predict_volume(predictors[pair], image, configs[mode], divisor=16)
-        assert probabilities.shape == (*image.shape[:3], 3)
+        assert probabilities.shape[:3] == image.shape[:3]
+        n_labels = probabilities.shape[-1]
     for round_ in range(FLAGS.repeats):
         for (pair, mode), times in seconds.items():
             start = time.perf_counter()
@@ -146,7 +149,7 @@ def timing_table(image: np.ndarray, predictors: dict) -> None:
           "conv GFLOP/s | vs keras float32 |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for (pair, mode), times in seconds.items():
-        flops, calls = evaluated_flops(image, configs[mode])
+        flops, calls = evaluated_flops(image, configs[mode], n_labels)
         median = statistics.median(times)
         base = seconds.get((("keras", "float32"), mode))
         ratio = f"{statistics.median(base) / median:.2f}x" if base else "-"

@@ -18,7 +18,7 @@ when the output could not be written.
 from absl import flags
 
 from unet3d import cli
-from unet3d.errors import InputError, OutputError
+from unet3d.errors import InputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
@@ -35,7 +35,8 @@ def main(argv) -> int:
     from unet3d.legacy.models import convert_legacy_model  # TensorFlow: after cli.run hid its log
 
     logger = setup_logging()
-    try:
+
+    def convert() -> int:
         shape = None
         if FLAGS.image_shape:
             if len(FLAGS.image_shape) != 3 or not all(n.isdigit() for n in FLAGS.image_shape):
@@ -43,13 +44,8 @@ def main(argv) -> int:
                                  "sizes, e.g. 128,128,128")
             shape = tuple(int(n) for n in FLAGS.image_shape)
         convert_legacy_model(FLAGS.model_file, FLAGS.output, shape, overwrite=FLAGS.overwrite)
-    except InputError as error:
-        logger.error(f"error: {error}")
-        return 2
-    except OutputError as error:
-        logger.error(f"error: {error}")
-        return 1
-    return 0
+        return 0
+    return cli.report_errors(convert, logger)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ The folder appears complete or not at all. Exit status 2 for bad arguments or in
 unreadable model file, existing --output without --overwrite), 1 when it could not be written.
 """
 
+from pathlib import Path
+
 from absl import flags
 
 from unet3d import cli
@@ -23,7 +25,9 @@ from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_file", None, "The trained model (.keras), e.g. runs/paper/model.keras.")
+flags.DEFINE_multi_string("model_file", None, "The trained model (.keras), e.g. "
+                          "runs/paper/model.keras. Repeated, or a folder of fold runs "
+                          "(fold_<k>/model.keras): one model averaging them (an ensemble).")
 flags.DEFINE_string("output", None, "Folder to create with the export.")
 flags.DEFINE_boolean("overwrite", False, "Replace --output if it exists.")
 flags.DEFINE_enum("format", "savedmodel", EXPORT_FORMATS, "savedmodel (TensorFlow) or "
@@ -39,20 +43,31 @@ flags.mark_flags_as_required(["model_file", "output"])
 
 def main(argv):
     del argv
-    from unet3d.export import export_model  # imports TensorFlow: after cli.run hid its log
+    import tempfile
+
+    from unet3d.ensemble import model_files
+    from unet3d.export import export_model, write_ensemble  # imports TensorFlow: after cli.run
 
     logger = setup_logging()
     try:
-        output = export_model(FLAGS.model_file, FLAGS.output, channel_names=FLAGS.channel_names,
-                              output_names=FLAGS.output_names, overwrite=FLAGS.overwrite,
-                              format=FLAGS.format)
+        with tempfile.TemporaryDirectory() as folder:
+            model_file = model_files(FLAGS.model_file)
+            if len(model_file) > 1:
+                logger.info(f"exporting the ensemble of {len(model_file)} models: "
+                            f"{', '.join(map(str, model_file))}")
+                model_file = [write_ensemble(model_file, Path(folder) / "ensemble.keras")]
+            output = export_model(model_file[0], FLAGS.output,
+                                  channel_names=FLAGS.channel_names,
+                                  output_names=FLAGS.output_names, overwrite=FLAGS.overwrite,
+                                  format=FLAGS.format)
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
     except OutputError as error:  # a file could not be written: not bad usage
         logger.error(f"error: {error}")
         return 1
-    logger.info(f"exported {FLAGS.model_file} to {output}; see {output / 'README.txt'}")
+    logger.info(f"exported {', '.join(FLAGS.model_file)} to {output}; see "
+                f"{output / 'README.txt'}")
     return 0
 
 

@@ -2,6 +2,8 @@
 
     python brats/predict.py --model_file runs/paper/model.keras --input_dir data/new_cases \
         --output_dir predictions
+    python brats/predict.py --model_file runs/paper --input_dir data/new_cases \
+        --output_dir predictions     # the ensemble of the fold models of runs/paper/fold_<k>/
     python brats/predict.py --model_file runs/paper/model.keras --validation \
         --output_dir prediction     # the port's validation run, on the model's store and split
 
@@ -11,7 +13,9 @@ N4, brain crop or the port's resampling, normalisation). Writes <output_dir>/<ca
 submission naming, the input's grid and affine, the labels of the model's convention, or of
 --convention for the same tissues), with --probabilities also one map per output
 (<case>_{wt,tc,et}.nii.gz, ...), one progress line per case, and the log to
-<output_dir>/predict.log. The window is the training patch the card records. A model without a
+<output_dir>/predict.log. The window is the training patch the card records, and the card says
+whether the model predicts whole volumes and with which test-time augmentation (paper2017: whole
+volume, mirroring; --patch_shape, --nowhole_volume, --tta override it). A model without a
 card needs --modalities, --target and --patch_shape (or --whole_volume). --runtime onnxruntime or
 openvino runs the network's ONNX graph instead of Keras (pip install -e .[onnx] or .[openvino]),
 --precision bfloat16 or auto in bfloat16 where the hardware has it (docs/export.md): the same
@@ -30,7 +34,10 @@ from unet3d.errors import InputError, OutputError
 from unet3d.logs import setup_logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model_file", None, "The trained model (.keras, with its model card).")
+flags.DEFINE_multi_string("model_file", None, "The trained model (.keras, with its model "
+                          "card). Repeated, or a folder of fold runs (fold_<k>/model.keras) or "
+                          "of .keras files: an ensemble, whose probabilities are averaged (the "
+                          "models must share their settings).")
 flags.DEFINE_string("input_dir", None, "Folder of cases to predict (any BraTS naming).")
 flags.DEFINE_string("output_dir", None, "Where to write <case>.nii.gz.")
 flags.DEFINE_boolean("overwrite", False, "Redo cases whose output exists.")
@@ -51,13 +58,16 @@ def validation(config: PredictConfig, output_dir: Path) -> None:
     by default those the model card records."""
     from unet3d.prediction import load_for_prediction, predict_store_cases
 
-    model, card, config = load_for_prediction(FLAGS.model_file, config)
+    if len(FLAGS.model_file) > 1:
+        raise InputError("--validation predicts with one model (its store and split): give "
+                         "one --model_file")
+    model, card, config = load_for_prediction(FLAGS.model_file[0], config)
     recorded = card.training
     data_file = FLAGS.data_file or (recorded.data_file if recorded else None)
     keys_file = FLAGS.validation_keys_file or (recorded.validation_keys_file if recorded else None)
     if not data_file or not keys_file:
         raise InputError("--validation needs --data_file and --validation_keys_file (the model "
-                         f"card of {FLAGS.model_file} does not name them)")
+                         f"card of {FLAGS.model_file[0]} does not name them)")
     predict_store_cases(model, card, config, data_file, keys_file, output_dir)
 
 

@@ -59,6 +59,7 @@ def test_demo_refuses_impossible_settings(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a script run (the fast tier keeps test_demo_refuses_impossible_settings)
 def test_demo_refuses_other_data_settings_in_the_same_folder(tmp_path):
     work = tmp_path / "d"
     (work / "train").mkdir(parents=True)

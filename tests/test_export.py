@@ -84,6 +84,7 @@ def test_export_runs_without_unet3d_and_matches_keras(model_file, tmp_path):
         np.testing.assert_allclose(outputs[name], expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # a script run (the fast tier keeps test_export_missing_model_file)
 def test_export_refuses_existing_output(model_file, tmp_path):
     output = tmp_path / "export"
     output.mkdir()

@@ -516,3 +516,17 @@ def test_model_fit_runs_on_the_datasets(paper):
     assert train.epoch in (2, 3)
     history = model.fit(train, validation_data=valid, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
+
+
+def test_the_grids_last_batch_is_cut_to_a_multiple_of_the_replicas(painted_store):
+    # three whole 40^3 cases in batches of 4: one batch of 3, which 2 replicas cannot split
+    whole = dict(batch_size=4, target="regions", skip_blank=False, shuffle=False)
+    plain = PatchListDataset(painted_store, [0, 1, 2], **whole)
+    cut = PatchListDataset(painted_store, [0, 1, 2], batch_multiple=2, **whole)
+    assert [len(plain[i][0]) for i in range(len(plain))] == [3]
+    assert [len(cut[i][0]) for i in range(len(cut))] == [2]
+    np.testing.assert_array_equal(cut[0][0], plain[0][0][:2])  # the same samples, one left out
+    two = PatchListDataset(painted_store, [0, 1], batch_multiple=2, **whole)
+    assert [len(two[i][0]) for i in range(len(two))] == [2]  # nothing to cut
+    with pytest.raises(InputError, match="not a multiple of 4"):
+        PatchListDataset(painted_store, [0, 1, 2], batch_size=2, batch_multiple=4)

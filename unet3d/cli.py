@@ -216,6 +216,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return remaining
 
 
+def report_errors(step: Callable[[], int], logger) -> int:
+    """`step()`'s exit status; after logging its error instead: 2 for an `InputError` (bad usage
+    or input), 1 for an `OutputError` (a file could not be written)."""
+    try:
+        return step()
+    except InputError as error:
+        logger.error(f"error: {error}")
+        return 2
+    except OutputError as error:
+        logger.error(f"error: {error}")
+        return 1
+
+
 def run(main: Callable[[list[str]], int]) -> None:
     """Run a script's `main(argv) -> exit status` with absl, exiting 2 on a bad flag. Unless
     `--tensorflow_log` is given, TensorFlow's C++ log is hidden once the flags are read (the
@@ -253,24 +266,28 @@ def train_main(argv) -> int:
     input (a message, no traceback). Logs to <run_dir>/run.log besides the console."""
     del argv
     from unet3d.distribution import is_chief
+    from unet3d.folds import fold_configs
     from unet3d.recipes import train
     from unet3d.runs import RUN_LOG, with_run_files
 
     logger = setup_logging()
     try:
-        config = with_run_files(training_config_from_flags())
-        if is_chief():
-            logger = setup_logging(Path(config.run_dir) / RUN_LOG)
-        result = train(config)
+        runs = fold_configs(training_config_from_flags())  # one, or one per fold
+        for config in map(with_run_files, runs):
+            if is_chief():
+                logger = setup_logging(Path(config.run_dir) / RUN_LOG)
+            if config.n_folds is not None:
+                logger.info(f"fold {config.fold} of {config.n_folds}: {config.run_dir}")
+            result = train(config)
+            if result.stopped_by_nan:
+                return 1
+            logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file} "
+                        f"(its model card inside); run folder: {config.run_dir}")
     except InputError as error:
         logger.error(f"error: {error}")
         return 2
     except OutputError as error:  # a file could not be written: not bad usage
         logger.error(f"error: {error}")
         return 1
-    if result.stopped_by_nan:
-        return 1
-    logger.info(f"{result.epochs_done} epochs done; best model: {config.model_file} (its model "
-                f"card inside); run folder: {config.run_dir}")
     return 0
 

@@ -95,6 +95,17 @@ def check_intervals(config: Any) -> None:
             raise InputError(f"--{item.name} {shown}: must be in {interval}")
 
 
+def check_choices(config: Any) -> None:
+    """InputError naming the flag and its choices for a setting of a settings dataclass that is
+    not one of the names its field allows (`option(choices=...)`; aliases accepted, values that
+    are not names, e.g. a label triple for a convention, left to their own checks)."""
+    for item in dataclasses.fields(config):
+        choices, value = item.metadata.get("choices"), getattr(config, item.name)
+        if choices and isinstance(value, str) and value not in choices \
+                and value not in (item.metadata.get("aliases") or {}):
+            raise InputError(f"--{item.name} {value}: choose one of {', '.join(choices)}")
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """One training run; the defaults are the paper recipe (`preset("paper")`)."""
@@ -198,6 +209,14 @@ class TrainConfig:
         None, "Port's patch grid: each epoch, shift the grid by a random offset of up to this "
         "many voxels per axis.", none="a fixed grid")
     skip_blank: bool = option(False, "Leave out patches without tumour (the port).")
+    n_folds: int | None = option(None, "Cross-validation: cut the store's labelled cases into "
+                                 "this many folds (drawn with --seed, saved in "
+                                 "<run_dir>/folds.json and reused); fold k's run is in "
+                                 "<run_dir>/fold_<k>/.", none="one split by --data_split",
+                                 interval="[2, inf)")
+    fold: str | None = option(None, "With --n_folds: the fold to train (0 .. n_folds - 1: "
+                              "validated on that fold, trained on the others), or all (each in "
+                              "turn).", none="no folds")
     data_split: float = option(0.8, "Fraction of the cases used for training when the split is "
                                "drawn (1.0: no validation).", interval="(0, 1]")
     predict_whole_volume: bool = option(False, "How the model predicts by default (recorded "
@@ -366,7 +385,8 @@ class PredictConfig:
         None, "Input channels in order, e.g. t1,t1ce,flair,t2. Only for a model without a card.",
         none="the model card's")
     target: str | None = option(None, "Output encoding (regions: the convention's, e.g. WT/TC/ET; "
-                                "labels: one channel per label). Only for a model without a "
+                                "labels: one channel per label; classes: a softmax over "
+                                "background and the labels). Only for a model without a "
                                 "card.", choices=TARGETS,
                                 none="the model card's")
     image_shape: tuple[int, int, int] | None = option(

@@ -43,7 +43,8 @@ import unet3d
 from unet3d.config import EXPORT_FORMATS
 from unet3d.errors import InputError, OutputError
 from unet3d.atomic import atomic_folder, write_failure
-from unet3d.model import ModelCard, load_old_model, model_divisors, read_card
+from unet3d.ensemble import check_same_settings, ensemble_model, model_files
+from unet3d.model import ModelCard, load_old_model, model_divisors, read_card, save_model
 from unet3d.logs import get_logger
 from unet3d.model.card import embed_card, embedded_card
 from unet3d.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, check_onnx, onnx_model
@@ -109,6 +110,24 @@ def export_model(model_file: str | os.PathLike, output_dir: str | os.PathLike,
         (tmp / "signature.json").write_text(json.dumps(signature, indent=2) + "\n")
         (tmp / "README.txt").write_text(readme(signature))
     return output_dir
+
+
+def write_ensemble(model_file: str | os.PathLike | Sequence[str | os.PathLike],
+                   path: str | os.PathLike) -> Path:
+    """Save the models `model_file` names (several files, or a folder of fold runs:
+    `unet3d.ensemble.model_files`) as one `.keras` model at `path` whose output is their mean,
+    with their shared model card; `export_model` exports it as any model. The models must have
+    cards with the same settings (`check_same_settings`)."""
+    files = model_files(model_file)
+    cards = {file: read_card(file) for file in files}
+    unknown = [str(file) for file, card in cards.items() if card is None]
+    if unknown:
+        raise InputError(f"{', '.join(unknown)}: no model card, so the ensemble's settings "
+                         "cannot be checked; export each model alone")
+    check_same_settings(cards)
+    models = [load_old_model(file, compile=False) for file in files]
+    save_model(ensemble_model(models), path, cards[files[0]])
+    return Path(path)
 
 
 def _check_output(model_file: Path, output_dir: Path, overwrite: bool) -> None:

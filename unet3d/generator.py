@@ -171,6 +171,9 @@ class PatchListDataset(_StoreDataset):
             port) or "zero" (background, as the paper recipe's training patches).
         seed: seeds the offsets, shuffling and augmentation.
         workers: worker processes producing batches (0: in the training process).
+        batch_multiple: every batch holds a multiple of this many samples (the replicas of a
+            distributed run, which split each batch evenly): the last batch of an epoch is cut
+            to a multiple, its remainder left out of the epoch.
 
     The number of batches is fixed at construction (from epoch 0's list); with random offsets a
     later epoch's list may be longer or shorter and is cut or repeated to the same length.
@@ -183,9 +186,12 @@ class PatchListDataset(_StoreDataset):
                  skip_blank: bool = True, augment: bool = False, augment_flip: bool = True,
                  augment_distortion_factor: float | None = 0.25, permute: bool = False,
                  padding: str = "edge", seed: int = 0, workers: int = 0,
-                 max_queue_size: int = 10):
+                 max_queue_size: int = 10, batch_multiple: int = 1):
         super().__init__(data_file, case_indices, batch_size, target, labels, seed, workers,
                          max_queue_size)
+        if batch_size % batch_multiple:
+            raise InputError(f"batch size {batch_size} is not a multiple of {batch_multiple} "
+                             "(the replicas)")
         self.patch_shape = None if patch_shape is None else tuple(int(n) for n in patch_shape)
         self.patch_overlap = patch_overlap
         self.patch_start_offset = (None if patch_start_offset is None or self.patch_shape is None
@@ -200,7 +206,8 @@ class PatchListDataset(_StoreDataset):
         self._check_shapes()
         self._fixed = None if self.patch_start_offset is not None else self._list_samples(None)
         self._samples = self._epoch_samples()
-        self._n_samples = len(self._samples)  # fixed: Keras reads the length once
+        # fixed: Keras reads the length once; a last batch cut to a multiple of batch_multiple
+        self._n_samples = len(self._samples) - len(self._samples) % batch_size % batch_multiple
         get_number_of_steps(self._n_samples, self.batch_size)  # 0 samples: a clear error
 
     def _check_shapes(self) -> None:
@@ -264,7 +271,8 @@ class PatchListDataset(_StoreDataset):
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         self._check_index(index)
-        chunk = self._samples[index * self.batch_size:(index + 1) * self.batch_size]
+        chunk = self._samples[index * self.batch_size:
+                              min((index + 1) * self.batch_size, self._n_samples)]
         return self._batch([self._sample(case, corner, self._rng(index, k))
                             for k, (case, corner) in enumerate(chunk)])
 

@@ -245,6 +245,39 @@ def _endpoint(history: list) -> str:
     return history[0] if isinstance(history[0], str) else history[0][0]
 
 
+def _layers(g: _Graph, model: keras.Model, x: str, rank: int, prefix: str = "") -> str:
+    """Write the layers of the functional `model` into `g`, from the channels-first tensor `x`;
+    returns the name of its output. A nested model (an ensemble's member) is written inline, its
+    names prefixed with its own (`prefix`); Average (the ensemble's mean) is ONNX's Mean."""
+    config = model.get_config()
+    input_layer, output_layer = _endpoint(config["input_layers"]), _endpoint(config["output_layers"])
+    tensors = {input_layer: x}
+    for layer_config in config["layers"]:
+        name, kind = layer_config["name"], layer_config["class_name"]
+        if name == input_layer:
+            continue
+        inputs = [tensors[n] for n in _inbound(layer_config)]
+        layer, output = model.get_layer(name), prefix + name
+        if isinstance(layer, keras.Model) and len(layer.inputs) == len(layer.outputs) == 1:
+            tensors[name] = _layers(g, layer, inputs[0], rank, output + "/")
+        elif kind in IDENTITIES:
+            tensors[name] = inputs[0]
+        elif kind in ("Add", "Average"):
+            tensors[name] = g.node("Sum" if kind == "Add" else "Mean", inputs, output)
+        elif kind == "Concatenate":
+            if layer.get_config()["axis"] not in (-1, rank + 1):
+                raise InputError(f"layer {name}: only concatenation of channels is exported")
+            tensors[name] = g.node("Concat", inputs, output, axis=1)
+        elif kind in CONVERTERS:
+            tensors[name] = CONVERTERS[kind](g, layer, inputs[0], output)
+        else:
+            raise InputError(f"layer {name} ({kind}) has no ONNX operator here: the export "
+                             f"knows {', '.join(sorted({*CONVERTERS, 'Add', 'Average'}))}, "
+                             "Concatenate, the identities at inference and nested models of "
+                             "these (ensembles)")
+    return tensors[output_layer]
+
+
 def onnx_model(model: keras.Model, card: ModelCard | None = None):
     """The float32 ONNX model (`onnx.ModelProto`) computing `model` at inference.
 
@@ -267,32 +300,9 @@ def onnx_model(model: keras.Model, card: ModelCard | None = None):
                          "output (not deep-supervision models) are exported to ONNX")
     rank = len(model.inputs[0].shape) - 2
     g = _Graph(rank)
-    config = model.get_config()
-    input_layer, output_layer = _endpoint(config["input_layers"]), _endpoint(config["output_layers"])
     first, last = (0, rank + 1, *range(1, rank + 1)), (0, *range(2, rank + 2), 1)
-    tensors = {input_layer: g.node("Transpose", [INPUT_NAME], "channels_first", io=True,
-                                     perm=first)}
-    for layer_config in config["layers"]:
-        name, kind = layer_config["name"], layer_config["class_name"]
-        if name == input_layer:
-            continue
-        inputs = [tensors[n] for n in _inbound(layer_config)]
-        layer = model.get_layer(name)
-        if kind in IDENTITIES:
-            tensors[name] = inputs[0]
-        elif kind == "Add":
-            tensors[name] = g.node("Sum", inputs, name)
-        elif kind == "Concatenate":
-            if layer.get_config()["axis"] not in (-1, rank + 1):
-                raise InputError(f"layer {name}: only concatenation of channels is exported")
-            tensors[name] = g.node("Concat", inputs, name, axis=1)
-        elif kind in CONVERTERS:
-            tensors[name] = CONVERTERS[kind](g, layer, inputs[0], name)
-        else:
-            raise InputError(f"layer {name} ({kind}) has no ONNX operator here: the export "
-                             f"knows {', '.join(sorted({*CONVERTERS, 'Add', 'Concatenate'}))} "
-                             "and the identities at inference")
-    g.node("Transpose", [tensors[output_layer]], OUTPUT_NAME, io=True, perm=last)
+    x = g.node("Transpose", [INPUT_NAME], "channels_first", io=True, perm=first)
+    g.node("Transpose", [_layers(g, model, x, rank)], OUTPUT_NAME, io=True, perm=last)
 
     axes = ["batch", *"xyz"[:rank]]
     image = onnx.helper.make_tensor_value_info(

@@ -27,8 +27,9 @@ import keras
 import numpy as np
 
 from unet3d.brats import Case, detect_convention, find_cases
-from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig, check_intervals
+from unet3d.config import TTA_MODES, WEIGHTINGS, PredictConfig, check_choices, check_intervals
 from unet3d.data import DataStore
+from unet3d.ensemble import average, check_same_settings, model_files
 from unet3d.errors import InputError, OutputError
 from unet3d.inference import Predictor, check_patch_shape, predict_volume
 from unet3d.atomic import remove_stale_temporaries
@@ -106,6 +107,7 @@ def check_config(config: PredictConfig, divisor: int) -> None:
     """Stop impossible settings before any case is read, saying what to change; `divisor`: what
     the network's input sizes must be multiples of."""
     check_intervals(config)
+    check_choices(config)
     if config.patch_shape is not None and not config.whole_volume:
         shape = check_patch_shape(config.patch_shape)
         if any(n % divisor for n in shape):
@@ -127,6 +129,18 @@ def load_for_prediction(model_file: str | os.PathLike, config: PredictConfig | N
                          "brats/train_isensee2017.py or give --model_file")
     model = load_old_model(model_file, compile=False)
     return (model, *complete_config(model_file, model, config or PredictConfig()))
+
+
+def load_models(model_file: str | os.PathLike | Sequence[str | os.PathLike],
+                config: PredictConfig | None = None
+                ) -> tuple[list[keras.Model], ModelCard, PredictConfig]:
+    """(the models `model_file` names: one file, or an ensemble (several files, a folder of fold
+    runs or of `.keras` files, `unet3d.ensemble.model_files`), their card, `config` completed
+    from it). The models of an ensemble must share their settings (`check_same_settings`)."""
+    loaded = {path: load_for_prediction(path, config) for path in model_files(model_file)}
+    check_same_settings({path: card for path, (_, card, _) in loaded.items()})
+    (_, card, config), *_ = loaded.values()
+    return [model for model, _, _ in loaded.values()], card, config
 
 
 def complete_config(model_file: str | os.PathLike, model: keras.Model, config: PredictConfig,
@@ -284,10 +298,14 @@ def _mm(spacing: Sequence[float]) -> str:
     return "x".join(f"{s:.3g}" for s in spacing) + " mm"
 
 
-def network(model: keras.Model, config: PredictConfig) -> tuple[Predictor, int]:
+def network(model: keras.Model | Sequence[keras.Model], config: PredictConfig
+            ) -> tuple[Predictor, int]:
     """(the predictor running `model` on `config.runtime` in `config.precision`
-    (`unet3d.runtimes`), the divisor its whole-volume inputs are padded to)."""
-    return predictor(model, config.runtime, config.precision), max(model_divisors(model))
+    (`unet3d.runtimes`), the divisor its whole-volume inputs are padded to). For several models
+    (an ensemble): their outputs averaged on each batch of windows."""
+    models = [model] if isinstance(model, keras.Model) else list(model)
+    return (average([predictor(m, config.runtime, config.precision) for m in models]),
+            max(max(model_divisors(m)) for m in models))
 
 
 def _predict_case(network: tuple[Predictor, int], card: ModelCard, config: PredictConfig,
@@ -316,7 +334,8 @@ def _predict_case(network: tuple[Predictor, int], card: ModelCard, config: Predi
             f"{f' ({session})' if session else ''} -> {out}{resampled}")
 
 
-def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
+def predict_cases(model_file: str | os.PathLike | Sequence[str | os.PathLike],
+                  input_dir: str | os.PathLike,
                   output_dir: str | os.PathLike, config: PredictConfig | None = None,
                   overwrite: bool = False, progress: Callable[[str], None] | None = None
                   ) -> PredictReport:
@@ -325,12 +344,17 @@ def predict_cases(model_file: str | os.PathLike, input_dir: str | os.PathLike,
     Cases are raw BraTS folders of any release (labels optional and ignored) or a folder written
     by brats/preprocess.py, brought to the model's space as its training cases were (the card).
     Existing outputs are skipped unless `overwrite`, so a rerun resumes; a failing case is
-    reported and the others go on.
+    reported and the others go on. Several models (`model_file` a list, or a folder of fold
+    runs: `load_models`) predict as an ensemble: their probabilities are averaged on each batch
+    of windows, before the windows are weighted, augmented and put back on the native grid.
     """
     progress = progress or get_logger().info
-    model, card, config = load_for_prediction(model_file, config)
+    models, card, config = load_models(model_file, config)
     cases = find_cases(input_dir)
-    run = network(model, config)
+    run = network(models, config)
+    if len(models) > 1:
+        progress(f"an ensemble of {len(models)} models, their probabilities averaged: "
+                 f"{', '.join(map(str, model_files(model_file)))}")
     window = ("one whole-volume pass" if config.whole_volume else
               f"sliding windows of {','.join(map(str, config.patch_shape))}")
     progress(f"predicting with {window}, test-time augmentation {config.tta}")

@@ -18,12 +18,13 @@ import keras
 from unet3d.augment import AUGMENTATIONS
 from unet3d.brats import MODALITIES
 from unet3d.config import (LOSSES, MODELS, Inference, PredictConfig, TrainConfig,
-                           check_intervals, to_plain)
+                           check_choices, check_intervals, to_plain)
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import check_memory, has_gpu, is_chief, make_strategy, set_precision
 from unet3d.errors import InputError
 from unet3d.evaluation import format_summary
+from unet3d.folds import fold_split, folds_file, get_folds, one_run
 from unet3d.generator import PatchListDataset, RandomPatchDataset, get_validation_split
 from unet3d.atomic import remove_stale_temporaries
 from unet3d.conventions import as_convention, check_same_meaning
@@ -34,6 +35,7 @@ from unet3d.metrics import (LabelDiceCoefficient, dice_coefficient, dice_coeffic
                             region_dice_metrics, weighted_dice_coefficient_loss)
 from unet3d.model import isensee2017_model, load_old_model, model_divisors, unet_model_3d
 from unet3d.model.card import ModelCard, TrainingRecord
+from unet3d.splits import save_keys
 from unet3d.runs import VALIDATION_DIR, check_run_cases, claim_run, with_run_files
 from unet3d.training import RunResult, make_schedule, run_training
 from unet3d.validation import CaseValidation, validated, write_validation
@@ -61,6 +63,11 @@ def check_config(config: TrainConfig) -> None:
         raise InputError("random patches need --patch_shape and --steps_per_epoch")
     if config.convention is not None:
         as_convention(config.convention)
+    check_choices(config)
+    cubic = config.patch_shape is not None and len(set(config.patch_shape)) == 1
+    if config.predict_tta == "permute" and (config.predict_whole_volume or not cubic):
+        raise InputError("--predict_tta permute needs cubic windows: a cubic --patch_shape and "
+                         "no --predict_whole_volume (or --predict_tta mirror)")
     if config.model != "isensee2017" and (config.preactivation or config.l2):
         raise InputError(f"--preactivation and --l2 are options of the isensee2017 network, not "
                          f"of {config.model}: leave them out")
@@ -140,8 +147,10 @@ def _loss(config: TrainConfig):
 def _metrics(config: TrainConfig, n_labels: int) -> list:
     if config.target == "regions":
         return region_dice_metrics(output_names(config.target, config.convention))
-    first = 1 if config.target == "classes" else 0  # not the background
-    return [dice_coefficient, *(LabelDiceCoefficient(i) for i in range(first, n_labels))]
+    if config.target == "classes":  # the Dice of each label's channel, named by its value
+        names = output_names(config.target, config.convention)
+        return [LabelDiceCoefficient(i, name=f"{names[i]}_dice") for i in range(1, n_labels)]
+    return [dice_coefficient, *(LabelDiceCoefficient(i) for i in range(n_labels))]
 
 
 def build_model(config: TrainConfig, n_channels: int, n_labels: int) -> keras.Model:
@@ -168,11 +177,14 @@ def build_model(config: TrainConfig, n_channels: int, n_labels: int) -> keras.Mo
 
 
 def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
-                  validation: list[int], global_batch: int, global_validation_batch: int):
+                  validation: list[int], global_batch: int, global_validation_batch: int,
+                  replicas: int = 1):
     """(training, validation or None) datasets of `config` on the split (`training`,
-    `validation` case indices); a validation dataset of patches with `--validation patches`."""
+    `validation` case indices); a validation dataset of patches with `--validation patches`.
+    The port's patch grid cuts an epoch's last batch to a multiple of the `replicas`."""
     common = dict(target=config.target, labels=config.convention, seed=config.seed,
                   workers=config.workers)
+    grid = dict(batch_multiple=replicas)
     if config.random_patches:
         train = RandomPatchDataset(store, training, config.patch_shape, global_batch,
                                    config.steps_per_epoch,
@@ -182,13 +194,14 @@ def make_datasets(config: TrainConfig, store: DataStore, training: list[int],
         train = PatchListDataset(store, training, global_batch, patch_shape=config.patch_shape,
                                  patch_start_offset=config.training_patch_start_offset,
                                  skip_blank=config.skip_blank, augment=config.augment,
-                                 permute=config.permute, **common)
+                                 permute=config.permute, **grid, **common)
     valid = None
     if validation and config.validation == "patches":
         valid = PatchListDataset(store, validation, global_validation_batch,
                                  patch_shape=config.patch_shape, shuffle=False,
                                  skip_blank=config.skip_blank,
-                                 padding="zero" if config.random_patches else "edge", **common)
+                                 padding="zero" if config.random_patches else "edge", **grid,
+                                 **common)
     get_logger().info("%d training batches per epoch, %d validation batches", len(train),
                       len(valid) if valid is not None else 0)
     return train, valid
@@ -220,10 +233,21 @@ def make_card(config: TrainConfig, store: DataStore) -> ModelCard:
 
 
 def validation_window(config: TrainConfig, store: DataStore) -> PredictConfig:
-    """How the validation predicts whole cases: windows of the training patch (whole images of
-    the store when it trains on them), as brats/predict.py predicts with the model card."""
+    """How each epoch's validation predicts whole cases: sliding windows of the training patch
+    (whole images of the store when it trains on them), without TTA, whatever the recipe's
+    prediction settings (fast; `final_window` predicts as the model card says)."""
     window = config.patch_shape or store.space.image_shape
-    return PredictConfig(patch_shape=window, whole_volume=window is None)
+    return PredictConfig(patch_shape=window, whole_volume=window is None, tta="none")
+
+
+def final_window(config: TrainConfig, store: DataStore) -> PredictConfig:
+    """How the final validation predicts the validation cases with the best model: as
+    brats/predict.py predicts with its model card (the recipe's `predict_whole_volume` and
+    `predict_tta`)."""
+    window = validation_window(config, store)
+    whole = config.predict_whole_volume or window.whole_volume
+    return dataclasses.replace(window, whole_volume=whole, tta=config.predict_tta,
+                               patch_shape=None if whole else window.patch_shape)
 
 
 def monitor_of(config: TrainConfig, validation: list[int]) -> tuple[str, str]:
@@ -255,11 +279,30 @@ def _check_replicas(config: TrainConfig, replicas: int) -> None:
                              f"{replicas} replicas (devices): use a multiple of {replicas}")
 
 
+def run_split(config: TrainConfig, store: DataStore, chief: bool = True
+              ) -> tuple[list[int], list[int]]:
+    """(training, validation) case indices of the run: its fold's (`unet3d.folds`; the keys
+    files record them too), or the saved split drawn with `data_split`."""
+    if config.n_folds is None:
+        return get_validation_split(store, config.training_keys_file,
+                                    config.validation_keys_file, config.data_split,
+                                    seed=config.seed, save=chief)
+    folds = get_folds(store, folds_file(config), config.n_folds, config.seed, save=chief)
+    training, validation = fold_split(folds, int(config.fold))
+    if chief:
+        save_keys(training, Path(config.training_keys_file))
+        save_keys(validation, Path(config.validation_keys_file))
+    get_logger().info("fold %s of %d: %d training cases, %d validation cases", config.fold,
+                      config.n_folds, len(training), len(validation))
+    return training, validation
+
+
 def train(config: TrainConfig) -> RunResult:
-    """Run (or resume) the training `config` describes in its run folder (`unet3d.runs`);
-    returns the run's per-epoch logs. At the end, the validation cases are predicted with the
-    best model and scored into `<run_dir>/validation/`."""
-    config = with_run_files(config)
+    """Run (or resume) the training `config` describes in its run folder (`unet3d.runs`; a
+    fold's run in `<run_dir>/fold_<k>/` with `n_folds`); returns the run's per-epoch logs. At
+    the end, the validation cases are predicted with the best model and scored into
+    `<run_dir>/validation/`."""
+    config = with_run_files(one_run(config))
     settings = to_plain(config)  # as given: what a rerun must repeat to resume
     check_config(config)
     strategy = make_strategy(config.strategy, config.cpu_replicas)
@@ -278,9 +321,7 @@ def train(config: TrainConfig) -> RunResult:
             check_divisors(config, store.space.image_shape)
         state = claim_run(config, chief)  # after the checks: --overwrite removes the old run
         config = dataclasses.replace(config, convention=training_convention(config, store))
-        training, validation = get_validation_split(
-            store, config.training_keys_file, config.validation_keys_file, config.data_split,
-            seed=config.seed, save=chief)
+        training, validation = run_split(config, store, chief)
         settings["split"] = {name: [store.subject_ids[i] for i in cases]
                              for name, cases in (("training", training),
                                                  ("validation", validation))}
@@ -303,7 +344,7 @@ def train(config: TrainConfig) -> RunResult:
             lambda: build_model(config, store.n_channels,
                                 len(output_names(config.target, config.convention))),
             lambda: make_datasets(config, store, training, validation, config.batch_size,
-                                  config.validation_batch_size or config.batch_size),
+                                  config.validation_batch_size or config.batch_size, replicas),
             config.model_file, config.training_log, config.n_epochs, schedule,
             [validator] * (validator is not None) + _callbacks(config, monitor), strategy,
             config.verbose, card=card, monitor=monitor, settings=settings, seed=config.seed)
@@ -331,6 +372,6 @@ def finish_run(config: TrainConfig, store: DataStore, validation: list[int],
         return
     get_logger().info("predicting the validation cases with the best model into %s", out_dir)
     evaluation = write_validation(load_old_model(config.model_file, compile=False), store, cases,
-                            validation_window(config, store), config.target, config.convention,
-                            out_dir, config.training_log, about)
+                                  final_window(config, store), config.target, config.convention,
+                                  out_dir, config.training_log, about)
     get_logger().info(format_summary(evaluation))

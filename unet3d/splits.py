@@ -40,7 +40,8 @@ def load_keys(path: str | os.PathLike, store: DataStore | None = None) -> list[i
     return keys
 
 
-def _save_keys(keys: Sequence[int], path: Path) -> None:
+def save_keys(keys: Sequence[int], path: Path) -> None:
+    """Write the case indices `keys` to the keys file `path` (atomically)."""
     with atomic_write(path) as tmp, open(tmp, "wb") as f:
         pickle.dump([int(k) for k in keys], f)
 
@@ -79,8 +80,8 @@ def get_validation_split(data_file: DataFile, training_file: str | os.PathLike,
                          "validation; add cases or change data_split")
     if not save:
         return training, validation
-    _save_keys(training, training_file)
-    _save_keys(validation, validation_file)
+    save_keys(training, training_file)
+    save_keys(validation, validation_file)
     log.info("new split (seed %d): %d training cases -> %s, %d validation -> %s",
              seed, len(training), training_file, len(validation), validation_file)
     return training, validation

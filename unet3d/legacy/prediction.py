@@ -106,7 +106,7 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
     """
     convention = as_convention(tuple(labels))
     config = PredictConfig(threshold=threshold, tta="permute" if permute else "none",
-                           weighting="constant", convention=convention.name,
+                           whole_volume=False, weighting="constant", convention=convention.name,
                            modalities=tuple(training_modalities))
     model = load_old_model(model_file, compile=False)
     card = None

@@ -11,6 +11,7 @@ import math
 from typing import Callable, Sequence
 
 import keras
+import numpy as np
 
 from unet3d.errors import InputError
 
@@ -123,11 +124,15 @@ class LegacyInstanceNormalization(keras.layers.Layer):
 
 def model_divisors(model: keras.Model) -> tuple[int, ...]:
     """What every spatial input size of `model` must be a multiple of: the divisors of its
-    `SpatialSizeCheck` layer (the builders of this package add one), else 1 per spatial axis."""
+    `SpatialSizeCheck` layer (the builders of this package add one), else 1 per spatial axis;
+    for a model of nested models (an ensemble), the least common multiple of theirs."""
+    divisors = np.ones(len(model.inputs[0].shape) - 2, dtype=int)
     for layer in model.layers:
         if isinstance(layer, SpatialSizeCheck):
-            return tuple(int(d) for d in layer.divisors)
-    return (1,) * (len(model.inputs[0].shape) - 2)
+            divisors = np.lcm(divisors, [int(d) for d in layer.divisors])
+        elif isinstance(layer, keras.Model):
+            divisors = np.lcm(divisors, model_divisors(layer))
+    return tuple(int(d) for d in divisors)
 
 
 def conv_block(

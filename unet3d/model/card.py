@@ -68,8 +68,8 @@ class ModelCard:
 
     model: the network ("isensee2017", "unet3d"; "external" for a model described by flags).
     modalities: the input channels, in order (e.g. ("t1", "t1ce", "flair", "t2")).
-    target: "regions" (outputs: the convention's regions, e.g. WT, TC, ET) or "labels" (one
-        output per value of `labels`).
+    target: "regions" (outputs: the convention's regions, e.g. WT, TC, ET), "labels" (one
+        output per value of `labels`) or "classes" (background, then one per value, a softmax).
     convention: the BraTS release or task of the training truths (`unet3d.conventions`), or
         "labels-A-B-C" for a custom label triple.
     labels: the label values of the training truths (the convention's).
