@@ -58,16 +58,19 @@ def validation(config: PredictConfig, output_dir: Path) -> None:
     by default those the model card records."""
     from unet3d.prediction import load_for_prediction, predict_store_cases
 
-    if len(FLAGS.model_file) > 1:
+    from unet3d.ensemble import model_files
+
+    files = model_files(FLAGS.model_file)
+    if len(files) > 1:
         raise InputError("--validation predicts with one model (its store and split): give "
                          "one --model_file")
-    model, card, config = load_for_prediction(FLAGS.model_file[0], config)
+    model, card, config = load_for_prediction(files[0], config)
     recorded = card.training
     data_file = FLAGS.data_file or (recorded.data_file if recorded else None)
     keys_file = FLAGS.validation_keys_file or (recorded.validation_keys_file if recorded else None)
     if not data_file or not keys_file:
         raise InputError("--validation needs --data_file and --validation_keys_file (the model "
-                         f"card of {FLAGS.model_file[0]} does not name them)")
+                         f"card of {files[0]} does not name them)")
     predict_store_cases(model, card, config, data_file, keys_file, output_dir)
 
 

@@ -1,5 +1,7 @@
 """Ensembles (unet3d.ensemble): several models predicting as one, and exported as one."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -81,10 +83,15 @@ def test_models_of_other_settings_are_refused_naming_them(members, one_case, tmp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_missing_models_are_refused(tmp_path):
+def test_missing_models_are_refused(members, tmp_path):
     with pytest.raises(InputError, match="not found"):
         model_files([tmp_path / "nothing.keras"])
     with pytest.raises(InputError, match="holds no model"):
+        model_files(tmp_path)
+    folder, _ = members
+    (tmp_path / "fold_0").symlink_to(folder / "fold_0")
+    (tmp_path / "fold_1").mkdir()  # not trained yet: not a smaller ensemble
+    with pytest.raises(InputError, match="fold_1: no model.keras"):
         model_files(tmp_path)
 
 
@@ -103,6 +110,8 @@ def test_an_ensemble_exports_as_one_model_averaging_inside(members, tmp_path, fo
     np.testing.assert_allclose(load_old_model(ensemble, compile=False).predict_on_batch(batch),
                                expected, atol=1e-6, rtol=0)
     out = export_model(ensemble, tmp_path / "exported", format=format)
+    signature = json.loads((out / "signature.json").read_text())
+    assert signature["outputs"]["segmentation"]["activation"] == "sigmoid"  # the members
     if format == "onnx":  # checked against Keras before it was published; run it here too
         import onnxruntime
         session = onnxruntime.InferenceSession(str(out / "model.onnx"))

@@ -96,6 +96,11 @@ def fold_runs(folder: Path, store_path: Path, models: list, seed: int = 0) -> li
         record = TrainingRecord(str(folder / "data.h5"), str(run / "training_ids.pkl"),
                                 str(run / "validation_ids.pkl"), {})
         save_model(model, run / "model.keras", card_of(training=record))
+        (run / "model.keras.run").mkdir()
+        with DataStore(folder / "data.h5") as store:
+            split = {"training": [store.subject_ids[i] for i in training]}
+        (run / "model.keras.run" / "state.json").write_text(
+            json.dumps({"settings": {"split": split}}))
     return folds
 
 
@@ -127,12 +132,25 @@ def test_out_of_fold_evaluation_predicts_each_case_with_the_model_that_did_not_s
         assert float(per_fold[key]["wt_dice"]) == pytest.approx(
             np.mean([float(row["wt_dice"]) for row in chosen]))
     assert (tmp_path / "cross_validation" / "summary.csv").exists()
+    # fold 0 retrained (now calling oedema): its cases are predicted again, not kept
+    save_model(constant_model((1, 0, 0)), tmp_path / "fold_0" / "model.keras",
+               card_of(training=TrainingRecord("d", "t", "v", {})))
+    cross_validate(tmp_path)
+    case = names[0][0]
+    assert set(np.unique(read_nifti(tmp_path / "cross_validation" / "fold_0" / "predictions"
+                                    / f"{case}.nii.gz")[0])) == {0, 2}
 
 
 def test_a_fold_that_trained_on_its_own_cases_or_has_no_model_is_refused(store_path, tmp_path):
-    folds = fold_runs(tmp_path, store_path, [constant_model((1, 1, 1))] * 2)
-    save_keys(folds[0] + folds[1], tmp_path / "fold_1" / "training_ids.pkl")
-    with pytest.raises(InputError, match="fold 1's model trained on cases of fold 1"):
+    fold_runs(tmp_path, store_path, [constant_model((1, 1, 1))] * 2)
+    state = tmp_path / "fold_1" / "model.keras.run" / "state.json"
+    with DataStore(tmp_path / "data.h5") as store:  # as if fold 1 had trained on every case
+        state.write_text(json.dumps({"settings": {"split": {
+            "training": list(store.subject_ids)}}}))
+    with pytest.raises(InputError, match="fold_1/model.keras trained on cases of fold 1"):
+        cross_validate(tmp_path)
+    state.unlink()
+    with pytest.raises(InputError, match="recorded no training cases"):
         cross_validate(tmp_path)
     (tmp_path / "fold_1" / "model.keras").unlink()
     with pytest.raises(InputError, match="fold 1 has no model"):

@@ -97,12 +97,13 @@ def check_intervals(config: Any) -> None:
 
 def check_choices(config: Any) -> None:
     """InputError naming the flag and its choices for a setting of a settings dataclass that is
-    not one of the names its field allows (`option(choices=...)`; aliases accepted, values that
-    are not names, e.g. a label triple for a convention, left to their own checks)."""
+    not one of the names its field allows (`option(choices=...)`). Fields with aliases (the
+    conventions, which also take "labels-A-B-C" names and label triples) and values that are not
+    names are left to their own resolvers (`unet3d.conventions.as_convention`)."""
     for item in dataclasses.fields(config):
         choices, value = item.metadata.get("choices"), getattr(config, item.name)
         if choices and isinstance(value, str) and value not in choices \
-                and value not in (item.metadata.get("aliases") or {}):
+                and not item.metadata.get("aliases"):  # names with aliases: their resolver
             raise InputError(f"--{item.name} {value}: choose one of {', '.join(choices)}")
 
 

@@ -3,7 +3,8 @@
 `cross_validate(run_dir)` predicts each fold's validation cases with that fold's best model (the
 one that did not train on them; checked against the model's own saved split), on each case's
 native grid and as brats/predict.py predicts with the model card, scores them with this
-project's evaluation, and writes into `<run_dir>/cross_validation/`:
+project's evaluation (a fold whose run recorded training on one of its cases is refused; folds
+trained with different settings are warned about), and writes into `<run_dir>/cross_validation/`:
 
 - `fold_<k>/`: the fold's predictions, truths, `scores.csv`, `summary.csv`, `boxplot.png`
   (`unet3d.validation.write_validation`; a fold already evaluated with the same model is kept);
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +34,7 @@ from unet3d.logs import get_logger
 from unet3d.model import load_old_model
 from unet3d.prediction import complete_config
 from unet3d.runs import RUN_FILES
-from unet3d.splits import load_keys
+from unet3d.training import checkpoint_dir
 from unet3d.validation import validated, write_validation
 
 #: The folder of the out-of-fold evaluation in the cross-validation's run folder.
@@ -55,6 +57,28 @@ def _fold_means(fold: str, rows: list[dict]) -> dict:
             **{c: float(np.nanmean([float(row[c]) for row in rows])) for c in columns}}
 
 
+def trained_cases(model_file: Path) -> set[str]:
+    """The subject ids a run's model trained on, as its run recorded them (its checkpoint's
+    state: `settings.split.training`); `InputError` when the run recorded none."""
+    state = checkpoint_dir(model_file) / "state.json"
+    try:
+        return set(json.loads(state.read_text())["settings"]["split"]["training"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise InputError(f"{state}: the run of {model_file} recorded no training cases, so "
+                         "its fold cannot be checked; train the fold with this version "
+                         "(rerunning its command resumes it)") from None
+
+
+def _mixed_recipes(models: list) -> list[str]:
+    """The training settings (other than the fold's own files and fold) that differ between
+    the folds' models."""
+    own = {"run_dir", "fold", "model_file", "training_log", "training_keys_file",
+           "validation_keys_file", "overwrite", "split"}
+    settings = [card.training.settings if card.training else {} for _, _, card, _, _ in models]
+    names = sorted({name for s in settings for name in s} - own)
+    return [name for name in names if len({json.dumps(s.get(name)) for s in settings}) > 1]
+
+
 def cross_validate(run_dir: str | Path, out_dir: str | Path | None = None,
                    data_file: str | Path | None = None,
                    progress: Callable[[str], None] | None = None) -> CrossValidation:
@@ -66,7 +90,11 @@ def cross_validate(run_dir: str | Path, out_dir: str | Path | None = None,
     out_dir = Path(out_dir) if out_dir else run_dir / CROSS_VALIDATION_DIR
     progress = progress or get_logger().info
     folds = read_folds(run_dir / FOLDS_FILE)
-    store = DataStore(data_file or folds["data_file"])
+    data_file = Path(data_file or folds["data_file"])
+    if not data_file.is_file():
+        raise InputError(f"data file {data_file} not found: give the store the folds of "
+                         f"{run_dir / FOLDS_FILE} were drawn from with --data_file")
+    store = DataStore(data_file)
     try:
         index = {name: i for i, name in enumerate(store.subject_ids)}
         missing = [case for fold in folds["folds"] for case in fold if case not in index]
@@ -80,17 +108,24 @@ def cross_validate(run_dir: str | Path, out_dir: str | Path | None = None,
             if not model_file.is_file():
                 raise InputError(f"fold {k} has no model ({model_file}): train it with --fold "
                                  f"{k} (the command of the other folds) before the evaluation")
-            keys_file = fold_dir(run_dir, k) / RUN_FILES["training_keys_file"]
-            if set(load_keys(keys_file, store)) & set(cases):
-                raise InputError(f"{keys_file}: fold {k}'s model trained on cases of fold {k}: "
-                                 "the run is not that fold's (its score would be biased)")
+            trained = trained_cases(model_file)
+            if trained & set(fold):
+                raise InputError(f"{model_file} trained on cases of fold {k} "
+                                 f"({', '.join(sorted(trained & set(fold))[:3])}): the run is "
+                                 "not that fold's (its score would be biased)")
             model = load_old_model(model_file, compile=False)
             card, config = complete_config(model_file, model, PredictConfig())
             models.append((model_file, model, card, config, cases))
+        mixed = _mixed_recipes(models)
+        if mixed:
+            get_logger().warning("the folds were trained with different settings (%s): their "
+                                 "scores are not one recipe's", ", ".join(mixed))
         rows = []
         for k, (model_file, model, card, config, cases) in enumerate(models):
             folder = out_dir / f"fold_{k}"
+            stat = model_file.stat()  # a retrained fold is evaluated again
             about = {"model_file": str(model_file), "fold": k,
+                     "model_modified_ns": stat.st_mtime_ns, "model_bytes": stat.st_size,
                      "cases": [store.subject_ids[case] for case in cases]}
             remove_stale_temporaries(folder)
             progress(f"fold {k}: {len(cases)} cases with {model_file}")

@@ -40,10 +40,12 @@ def model_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
     files = []
     for path in map(Path, paths):
         if path.is_dir():
-            folds = sorted(path.glob("fold_*/model.keras"),
-                           key=lambda p: int(p.parent.name.split("_")[1])
-                           if p.parent.name.split("_")[1].isdigit() else -1)
-            found = folds or sorted(path.glob("*.keras"))
+            folds = sorted(path.glob("fold_*/"), key=lambda p: (len(p.name), p.name))
+            untrained = [str(fold) for fold in folds if not (fold / "model.keras").is_file()]
+            if untrained:
+                raise InputError(f"{', '.join(untrained)}: no model.keras: train the fold "
+                                 "(its --fold command), or name the models to use")
+            found = [fold / "model.keras" for fold in folds] or sorted(path.glob("*.keras"))
             if not found:
                 raise InputError(f"{path} holds no model: neither fold runs "
                                  "(fold_<k>/model.keras) nor .keras files")

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Sequence
 
 import keras
-import numpy as np
 
 import unet3d
 from unet3d.config import EXPORT_FORMATS
@@ -45,7 +44,6 @@ from unet3d.errors import InputError, OutputError
 from unet3d.atomic import atomic_folder, write_failure
 from unet3d.ensemble import check_same_settings, ensemble_model, model_files
 from unet3d.model import ModelCard, load_old_model, model_divisors, read_card, save_model
-from unet3d.logs import get_logger
 from unet3d.model.card import embed_card, embedded_card
 from unet3d.onnx_graph import INPUT_NAME, OPSET, OUTPUT_NAME, check_onnx, onnx_model
 
@@ -219,12 +217,22 @@ def describe_signature(model: keras.Model, model_file: Path,
             "dtype": "float32",
             "shape": [None] * (n_spatial + 1) + [output_shape[-1]],
             "axes": ["batch", *spatial_axes, "labels"],
-            "activation": model.layers[-1].get_config().get("activation"),
+            "activation": _output_activation(model),
             "channels": _names(output_names, output_shape[-1], "output channels", model_file),
         }},
         "versions": {"unet3d": unet3d.__version__, **runtime, "keras": keras.__version__},
         "model_card": json.loads(card.to_json()) if card is not None else None,
     }
+
+
+def _output_activation(model: keras.Model) -> str | None:
+    """The activation of the model's output layer; an ensemble's is its members' (the first's:
+    they share their settings)."""
+    last = model.layers[-1]
+    members = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if isinstance(last, keras.layers.Average) and members:
+        return _output_activation(members[0])
+    return last.get_config().get("activation")
 
 
 def readme(signature: dict) -> str:

@@ -81,16 +81,18 @@ def get_folds(store: DataStore, path: str | Path, n_folds: int, seed: int, save:
         if (data["n_folds"], data["seed"]) != (n_folds, seed):
             raise InputError(f"{path} holds {data['n_folds']} folds drawn with seed "
                              f"{data['seed']}, not --n_folds {n_folds} --seed {seed}: give "
-                             "those, or another --run_dir for other folds")
+                             "those, or another --run_dir for other folds (or delete it with "
+                             "the fold runs to start the cross-validation over)")
         unknown = [case for fold in data["folds"] for case in fold if case not in index]
         if unknown or sum(map(len, data["folds"])) != len(index):
             raise InputError(f"{path}: its folds do not hold exactly the cases of {store.path} "
-                             f"(unknown: {unknown[:3]}): they belong to another store")
+                             f"(unknown: {unknown[:3]}): they belong to another store; give "
+                             f"that store, or another --run_dir for this one")
         return [[index[case] for case in fold] for fold in data["folds"]]
     folds = draw_folds(list(store.subject_ids), n_folds, seed)
     if save:
         record = {"version": FOLDS_VERSION, "n_folds": n_folds, "seed": seed,
-                  "data_file": str(store.path), "folds": folds}
+                  "data_file": str(Path(store.path).resolve()), "folds": folds}
         with atomic_write(path, ".json") as tmp:
             Path(tmp).write_text(json.dumps(record, indent=1) + "\n")
         get_logger().info("new folds (seed %d): %s -> %s", seed,

@@ -279,15 +279,15 @@ def _check_replicas(config: TrainConfig, replicas: int) -> None:
                              f"{replicas} replicas (devices): use a multiple of {replicas}")
 
 
-def run_split(config: TrainConfig, store: DataStore, chief: bool = True
-              ) -> tuple[list[int], list[int]]:
-    """(training, validation) case indices of the run: its fold's (`unet3d.folds`; the keys
-    files record them too), or the saved split drawn with `data_split`."""
-    if config.n_folds is None:
+def run_split(config: TrainConfig, store: DataStore, folds: list[list[int]] | None = None,
+              chief: bool = True) -> tuple[list[int], list[int]]:
+    """(training, validation) case indices of the run: its fold's of `folds` (`get_folds`;
+    the keys files record them too, in the store's indices), or the saved split drawn with
+    `data_split`."""
+    if folds is None:
         return get_validation_split(store, config.training_keys_file,
                                     config.validation_keys_file, config.data_split,
                                     seed=config.seed, save=chief)
-    folds = get_folds(store, folds_file(config), config.n_folds, config.seed, save=chief)
     training, validation = fold_split(folds, int(config.fold))
     if chief:
         save_keys(training, Path(config.training_keys_file))
@@ -319,9 +319,11 @@ def train(config: TrainConfig) -> RunResult:
     try:
         if config.patch_shape is None:  # whole images of the store
             check_divisors(config, store.space.image_shape)
+        folds = (None if config.n_folds is None else  # checked before --overwrite removes
+                 get_folds(store, folds_file(config), config.n_folds, config.seed, save=chief))
         state = claim_run(config, chief)  # after the checks: --overwrite removes the old run
         config = dataclasses.replace(config, convention=training_convention(config, store))
-        training, validation = run_split(config, store, chief)
+        training, validation = run_split(config, store, folds, chief)
         settings["split"] = {name: [store.subject_ids[i] for i in cases]
                              for name, cases in (("training", training),
                                                  ("validation", validation))}
