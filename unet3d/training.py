@@ -36,7 +36,7 @@ import keras
 import numpy as np
 
 from unet3d.config import PAPER, SCHEDULES
-from unet3d.distribution import is_chief, prepare_model
+from unet3d.distribution import DataParallelStrategy, is_chief, prepare_model
 from unet3d.errors import InputError
 from unet3d.atomic import atomic_write, remove_stale_temporaries
 from unet3d.logs import get_logger
@@ -348,39 +348,43 @@ def run_training(build_model: Callable[[], keras.Model],
     checkpoint = RunCheckpoint(run_dir, model_file, training_log, *(monitor or ("loss", "min")),
                                callbacks=callbacks, is_chief=chief, card=card, settings=settings)
     start = int(checkpoint.state["epochs_done"])
-    # The model is built (or loaded) and fit inside the strategy's scope: JAX's data-parallel
-    # distribution places each batch when fit runs.
-    with strategy.scope() if strategy is not None else contextlib.nullcontext():
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
         if start == 0:
             model = build_model()
         else:
             log.info("resuming %s after epoch %d of %d (%s)", model_file, start, n_epochs,
                      checkpoint.last_model)
             model = load_old_model(checkpoint.last_model)
-        if chief:  # saves a killed run was making
-            for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
-                remove_stale_temporaries(path)
-        checkpoint.write_csv()
-        if start >= n_epochs:
-            log.info("%s: all %d epochs are done", model_file, n_epochs)
-            return RunResult(checkpoint.state["history"], start, start)
-        training_data, validation_data = make_datasets()
-        if monitor is None and validation_data is not None:
-            checkpoint.monitor = "val_loss"
-        prepare_model(model, strategy, training_data[0])
-        nan_guard = NaNGuard()
-        all_callbacks = [EpochSync(training_data), EpochSeeds(seed), nan_guard, *callbacks,
-                         EpochLog(n_epochs), checkpoint]
-        if schedule is not None:
-            all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
-        if verbose == "auto":
-            verbose = 1 if sys.stdout.isatty() else 0
-        log.info("the first step traces the network before it runs: tens of seconds on a CPU "
-                 "(about 40 s for 128^3 patches on 2 cores)")
-        # shuffle=False: Keras would reorder each epoch's batches with an unseeded generator; the
-        # datasets already draw their order from (seed, epoch).
+    if chief:  # saves a killed run was making
+        for path in (checkpoint.last_model, run_dir / "state.json", model_file, training_log):
+            remove_stale_temporaries(path)
+    checkpoint.write_csv()
+    if start >= n_epochs:
+        log.info("%s: all %d epochs are done", model_file, n_epochs)
+        return RunResult(checkpoint.state["history"], start, start)
+    training_data, validation_data = make_datasets()
+    if monitor is None and validation_data is not None:
+        checkpoint.monitor = "val_loss"
+    prepare_model(model, strategy, training_data[0])
+    nan_guard = NaNGuard()
+    all_callbacks = [EpochSync(training_data), EpochSeeds(seed), nan_guard, *callbacks,
+                     EpochLog(n_epochs), checkpoint]
+    if schedule is not None:
+        all_callbacks.insert(0, keras.callbacks.LearningRateScheduler(schedule))
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 0
+    log.info("the first step traces the network before it runs: tens of seconds on a CPU "
+             "(about 40 s for 128^3 patches on 2 cores)")
+    # JAX's data-parallel distribution must be in effect while fit runs (it places each batch);
+    # tf.distribute's scope must not be (a chief saving its checkpoint inside it would wait on
+    # the other workers, which do not save): Keras enters it where it needs it.
+    with strategy.scope() if isinstance(strategy, DataParallelStrategy) else \
+            contextlib.nullcontext():
+        # shuffle=False: Keras would reorder each epoch's batches with an unseeded generator;
+        # the datasets already draw their order from (seed, epoch).
         model.fit(training_data, validation_data=validation_data, epochs=n_epochs,
                   initial_epoch=start, callbacks=all_callbacks, verbose=verbose, shuffle=False)
-        return RunResult(checkpoint.state["history"], checkpoint.state["epochs_done"], start,
-                         stopped_by_nan=hasattr(nan_guard, "message") or hasattr(checkpoint,
-                                                                                "message"))
+    return RunResult(checkpoint.state["history"], checkpoint.state["epochs_done"], start,
+                     stopped_by_nan=hasattr(nan_guard, "message") or hasattr(checkpoint,
+                                                                            "message"))
