@@ -56,7 +56,8 @@ flags.mark_flags_as_required(["model_file", "output_dir"])
 def validation(config: PredictConfig, output_dir: Path) -> None:
     """The port's validation run on the store and split of --data_file / --validation_keys_file,
     by default those the model card records."""
-    from unet3d.prediction import load_for_prediction, predict_store_cases
+    from unet3d.prediction import load_for_prediction
+    from unet3d.store_prediction import predict_store_cases
 
     from unet3d.ensemble import model_files
 

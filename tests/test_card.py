@@ -12,7 +12,8 @@ import pytest
 
 from helpers import card_of, channel_model, run_script, write_model
 from unet3d.brats import MODALITIES, find_cases
-from unet3d.config import PredictConfig, preset, to_plain
+from unet3d.config import PredictConfig, preset
+from unet3d.plain_settings import to_plain
 from unet3d.errors import InputError
 from unet3d.io import read_nifti
 from unet3d.model import read_card, save_model

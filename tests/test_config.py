@@ -6,7 +6,8 @@ import inspect
 
 import pytest
 
-from unet3d.config import PAPER, PredictConfig, TrainConfig, from_plain, preset, to_plain
+from unet3d.config import PAPER, PredictConfig, TrainConfig, preset
+from unet3d.plain_settings import from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.generator import RandomPatchDataset, get_training_and_validation_datasets
 from unet3d.model import build_isensee2017
@@ -91,7 +92,7 @@ def test_every_setting_has_help_for_its_flag():
 
 def test_the_recipe_table_in_the_docs_is_generated_from_the_presets():
     from helpers import REPO
-    from unet3d.config import CHOICE_SOURCES, preset_table
+    from unet3d.recipe_table import CHOICE_SOURCES, preset_table
 
     table = preset_table()
     assert table in (REPO / "docs" / "recipes.md").read_text()

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from helpers import paper_run
-from unet3d.config import PRESETS, preset, to_plain
+from unet3d.config import PRESETS, preset
+from unet3d.plain_settings import to_plain
 from unet3d.errors import InputError
 from unet3d.recipes import check_config
 from unet3d.runs import check_run_cases, claim_run, with_run_files

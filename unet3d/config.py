@@ -18,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import numbers
 import re
-import types
-import typing
 from typing import Any, Sequence
 
 from unet3d.conventions import ALIASES, CONVENTIONS
@@ -270,65 +268,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: Where each choice of the recipes comes from: the settings on which they differ, with the
-#: papers and the port's scripts behind each value (`preset_table`, docs/recipes.md).
-#: paper2017 = Isensee et al. 2017 (LNCS 10670); nnU-Net = Isensee et al.'s BraTS 2020 entry
-#: (nnU-Net's region training); port = the legacy Keras 2 scripts (brats/train_isensee2017.py,
-#: brats/train.py).
-CHOICE_SOURCES: dict[str, str] = {
-    "data_file": "the port's store names (brats_data.h5 resampled to 128^3 or 144^3); the "
-                 "papers crop each brain at native resolution",
-    "model": "the paper's network; the port's plain 3D U-Net (Cicek et al. 2016) for unet",
-    "legacy_model": "the port's leaky ReLU slope 0.3 and epsilon 1e-3; the paper: 0.01, 1e-5",
-    "n_base_filters": "the paper: 16; the port's unet: 32",
-    "image_shape": "the port resamples whole images to 128^3 (isensee) or 144^3 (unet); the "
-                   "papers crop the brain",
-    "patch_shape": "the paper and nnU-Net: random 128^3 patches; the port: whole 128^3 images or "
-                   "64^3 grid patches",
-    "random_patches": "the paper (nnU-Net: a third centred on tumour); the port: a patch grid",
-    "batch_size": "the paper: 2 (nnU-Net's BraTS 2020 entry: 5, kept at 2 here); the port: 1, 6",
-    "validation": "this package: whole cases scored as BraTS does; the port: val_loss on patches",
-    "validation_batch_size": "the port's scripts",
-    "steps_per_epoch": "the paper: 100 batches an epoch; the port: one pass over its grid",
-    "n_epochs": "the paper: 300; the port: 500 with early stopping",
-    "initial_learning_rate": "the paper: Adam 5e-4; the port's unet: 1e-5",
-    "lr_schedule": "the paper: x 0.985 per epoch; the port: halve on a 10-epoch plateau",
-    "early_stopping_patience": "the port: 50 epochs",
-    "preactivation": "the paper's context modules (pre-activation residual blocks); the port "
-                     "activates after each convolution (nnU-Net's recipe keeps the port's "
-                     "network here)",
-    "l2": "the paper: weight decay 1e-5",
-    "target": "the paper: softmax over the labels; nnU-Net: sigmoid regions WT/TC/ET; the "
-              "port: a sigmoid per label",
-    "loss": "the paper: multiclass soft Dice; nnU-Net: BCE + soft Dice per region; the port: "
-            "its weighted Dice (isensee) and Dice coefficient (unet)",
-    "augment": "the paper and nnU-Net augment on the fly; the port's scripts did not",
-    "augmentation": "the paper's list (rotation, scaling, elastic, gamma, mirroring); nnU-Net's "
-                    "BraTS settings add brightness, noise and per-axis scaling",
-    "permute": "the port's isensee config (the 48 cube permutations)",
-    "training_patch_start_offset": "the port's scripts",
-    "skip_blank": "the port's scripts",
-    "predict_whole_volume": "the paper: one whole-volume pass; nnU-Net: sliding windows",
-    "predict_tta": "the paper: mirroring; others: none unless --tta is given at prediction",
-}
-
-
-def preset_table() -> str:
-    """A markdown table of the recipes (`PRESETS`) side by side on the settings where they
-    differ, each with its source (`CHOICE_SOURCES`); docs/recipes.md holds it."""
-    from unet3d.cli import format_value  # the command-line text of each value
-
-    configs = {name: preset(name) for name in PRESETS}
-    rows = [f"| setting | {' | '.join(configs)} | source |",
-            f"|---|{'---|' * len(configs)}---|"]
-    for field in dataclasses.fields(TrainConfig):
-        values = [format_value(getattr(config, field.name)) for config in configs.values()]
-        if len(set(values)) > 1 and field.name != "run_dir":  # runs/<recipe>
-            rows.append(f"| `{field.name}` | {' | '.join(values)} | "
-                        f"{CHOICE_SOURCES[field.name]} |")
-    return "\n".join(rows) + "\n"
-
-
 def preset(name: str, **overrides) -> TrainConfig:
     """The named recipe's configuration with `overrides` applied."""
     if name not in PRESETS:
@@ -440,81 +379,3 @@ class DemoConfig:
     workers: int = option(1, "Batch-making processes.")
     precision: str = option("auto", "Training precision.", choices=PRECISIONS)
     seed: int = option(0, "Seed of the data, the split and training.")
-
-
-# --------------------------------------------------------------------------------------------
-# Settings <-> JSON: the files that record settings (model cards, stores) use these.
-
-
-def to_plain(settings) -> dict:
-    """A settings dataclass as JSON-ready data: nested dataclasses as dicts, tuples as lists."""
-    def plain(value):
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (tuple, list)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-    return plain(settings)
-
-
-def from_plain(cls: type, data: Any, source: str):
-    """The `cls` dataclass of `to_plain`'s data. Every field must be present and no other key:
-    a renamed or missing setting is an `InputError` naming `source` (a file), never a default."""
-    if not isinstance(data, dict):
-        raise InputError(f"{source}: expected a JSON object for {cls.__name__}, got "
-                         f"{type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing, unknown = [n for n in names if n not in data], [k for k in data if k not in names]
-    if missing or unknown:
-        raise InputError(f"{source}: {cls.__name__} "
-                         + "; ".join(part for part in (
-                             f"misses {', '.join(missing)}" if missing else "",
-                             f"has unknown {', '.join(unknown)}" if unknown else "") if part)
-                         + ": it was written by another version of unet3d, or edited")
-    values = {name: _from_plain_value(hints[name], data[name], f"{source}: {name}")
-              for name in names}
-    wrong = [f"{name} = {values[name]!r}" for name in names
-             if not _is_instance(hints[name], values[name])]
-    if wrong:
-        raise InputError(f"{source}: {cls.__name__} has values of the wrong type: "
-                         f"{'; '.join(wrong)}")
-    return cls(**values)
-
-
-def _is_instance(hint, value) -> bool:
-    """Whether `value` is of the annotated type `hint` (ints count as floats, bools as neither)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_instance(option, value) for option in args)
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if origin is tuple:
-        if not isinstance(value, tuple):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_is_instance(args[0], item) for item in value)
-        return len(args) == len(value) and all(map(_is_instance, args, value))
-    if origin is dict:
-        return isinstance(value, dict)
-    if hint in (int, float):
-        return isinstance(value, (int, float) if hint is float else int) \
-            and not isinstance(value, bool)
-    return isinstance(value, hint)
-
-
-def _from_plain_value(hint, value, source: str):
-    if value is None:
-        return None
-    options = [a for a in typing.get_args(hint) if a is not type(None)] \
-        if typing.get_origin(hint) in (typing.Union, types.UnionType) else [hint]
-    for option_type in options:
-        if dataclasses.is_dataclass(option_type):
-            return from_plain(option_type, value, source)
-        if typing.get_origin(option_type) is tuple and isinstance(value, list):
-            return tuple(value)
-    return value

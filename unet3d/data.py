@@ -33,7 +33,7 @@ import tables
 from unet3d.brats import detect_convention, find_cases
 from unet3d.conventions import (DEFAULT_CONVENTION, ConventionLike, as_convention,
                                 check_same_meaning, recorded)
-from unet3d.config import from_plain, to_plain
+from unet3d.plain_settings import from_plain, to_plain
 from unet3d.errors import InputError
 from unet3d.io import Geometry, geometry_from_affine, nifti_shape
 from unet3d.logs import get_logger

@@ -45,9 +45,8 @@ class DataParallelStrategy:
     and `num_replicas_in_sync`."""
 
     def __init__(self, devices: list):
-        self.devices = list(devices)
-        self.distribution = keras.distribution.DataParallel(devices=self.devices)
-        self.num_replicas_in_sync = len(self.devices)
+        self.distribution = keras.distribution.DataParallel(devices=list(devices))
+        self.num_replicas_in_sync = len(devices)
 
     def scope(self):
         return self.distribution.scope()

@@ -61,13 +61,14 @@ def model_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[
 def check_same_settings(cards: dict[Path, ModelCard]) -> None:
     """`InputError` naming the first two models (`cards`: file -> card) that differ in a
     `SHARED_SETTINGS` field: their averaged probabilities would not mean one thing."""
+    def shown(value):
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
     (first, reference), *others = cards.items()
     for path, card in others:
         for name in SHARED_SETTINGS:
             mine, theirs = getattr(reference, name), getattr(card, name)
             if mine != theirs:
-                shown = (lambda v: v if not dataclasses.is_dataclass(v)  # noqa: E731
-                         else dataclasses.asdict(v))
                 raise InputError(f"{first} and {path} differ in {name} ({shown(mine)} vs "
                                  f"{shown(theirs)}): an ensemble needs models trained with the "
                                  "same settings")

@@ -38,7 +38,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from unet3d.brats import MODALITIES, Case, detect_convention, find_cases, read_case
-from unet3d.config import from_plain, option, to_plain
+from unet3d.config import option
+from unet3d.plain_settings import from_plain, to_plain
 from unet3d.conventions import Convention, check_label_values, recorded
 from unet3d.atomic import atomic_folder, atomic_write, remove_stale_temporaries
 from unet3d.errors import InputError, OutputError

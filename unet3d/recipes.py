@@ -18,7 +18,8 @@ import keras
 from unet3d.augment import AUGMENTATIONS
 from unet3d.brats import MODALITIES
 from unet3d.config import (LOSSES, MODELS, Inference, PredictConfig, TrainConfig,
-                           check_choices, check_intervals, to_plain)
+                           check_choices, check_intervals)
+from unet3d.plain_settings import to_plain
 from unet3d.config import PRESETS, preset  # noqa: F401 - unet3d 0.1 documented them here
 from unet3d.data import DataStore, write_store_from_folder
 from unet3d.distribution import check_memory, has_gpu, is_chief, make_strategy, set_precision

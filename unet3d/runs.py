@@ -27,7 +27,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from unet3d.config import TrainConfig, to_plain
+from unet3d.config import TrainConfig
+from unet3d.plain_settings import to_plain
 from unet3d.errors import InputError
 from unet3d.atomic import atomic_write
 from unet3d.logs import get_logger

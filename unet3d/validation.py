@@ -32,7 +32,8 @@ from unet3d.io import write_nifti
 from unet3d.conventions import ConventionLike, as_convention
 from unet3d.labels import REGION_NAMES
 from unet3d.logs import get_logger
-from unet3d.prediction import predict_store_case, predicted_labels, to_native_grid
+from unet3d.prediction import predicted_labels
+from unet3d.store_prediction import predict_store_case, to_native_grid
 
 #: The record of which model `write_validation` predicted with.
 VALIDATED = "validated.json"

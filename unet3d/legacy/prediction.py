@@ -24,7 +24,8 @@ from unet3d.inference import check_patch_shape, model_predictor, predict_with_tt
 from unet3d.io import geometry_from_affine, to_sitk
 from unet3d.model import ModelCard, load_old_model, read_card
 from unet3d.postprocessing import get_prediction_labels
-from unet3d.prediction import complete_config, predict_store_cases
+from unet3d.prediction import complete_config
+from unet3d.store_prediction import predict_store_cases
 from unet3d.utils.patches import compute_patch_indices, get_patch_from_3d_data, reconstruct_from_patches
 
 __all__ = ["predict", "patch_wise_prediction", "get_prediction_labels", "prediction_to_image",
@@ -97,7 +98,7 @@ def run_validation_cases(validation_keys_file: str | os.PathLike, model_file: st
     `<output_dir>/<subject id>/` with `data_<modality>.nii.gz` (the normalised input),
     `truth.nii.gz` and `prediction.nii.gz` (a label map with `output_label_map`, else
     `prediction_<output>.nii.gz` probability maps). Unlike the port, the files are on each case's
-    original grid (`unet3d.prediction.predict_store_cases`).
+    original grid (`unet3d.store_prediction.predict_store_cases`).
 
     Windows are the model's training patch (its model card), spaced `patch - overlap` apart with
     equal weights as in the port. A model without a card is taken as the port's: one output per

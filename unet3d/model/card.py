@@ -34,7 +34,8 @@ from typing import Any
 
 import unet3d
 from unet3d.brats import MODALITIES
-from unet3d.config import TARGETS, TTA_MODES, Inference, from_plain, to_plain
+from unet3d.config import TARGETS, TTA_MODES, Inference
+from unet3d.plain_settings import from_plain, to_plain
 from unet3d.conventions import CONVENTIONS, Convention, convention_for_labels, get_convention
 from unet3d.errors import InputError
 from unet3d.atomic import atomic_write
